@@ -1,0 +1,43 @@
+"""One line describing the machine a benchmark ran on (printed with every table)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def describe() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = int(fh.readline().split()[1])
+            mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    versions = []
+    for mod in ("torch", "mujoco"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    gl = os.environ.get("MUJOCO_GL", "default")
+    return (f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}, {', '.join(versions)}, MUJOCO_GL={gl}")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A plain-text (markdown-compatible) table."""
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [fmt(r) for r in cells[1:]])

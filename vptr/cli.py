@@ -1,0 +1,113 @@
+"""The ``vptr`` command.
+
+Every command is a typed dataclass config plus a ``run(cfg)`` function; the options,
+their help and their validation come from the dataclass (see :mod:`vptr.config`).
+A user mistake (bad value, unknown task, unwritable directory, corrupt data) ends with
+one ``vptr: error: ...`` line and exit status 2; an interrupt with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+
+from vptr.config import ArgumentParser, add_config_args, config_from_namespace
+from vptr.errors import VptrError
+
+
+@dataclass(frozen=True)
+class Command:
+    """A leaf command: ``module:config_class`` and ``module:function``."""
+
+    help: str
+    config: str
+    run: str
+    description: str = ""
+
+
+# name -> Command, or name -> {subname -> Command} for command groups.
+COMMANDS: dict[str, Command | dict[str, Command]] = {
+    "generate": {
+        "robot": Command(
+            "record scripted-expert robot demonstrations as a LeRobotDataset v3.0",
+            "sim.generate:RobotDataConfig", "vptr.commands:generate_robot",
+            "Runs each task's scripted expert in simulation and writes the episodes with "
+            "LeRobot's own writer (images as video). Cached by config under the data dir."),
+        "video": Command(
+            "film a video embodiment doing the tasks: mp4 folder + manifest.csv, no actions",
+            "sim.generate:VideoDataConfig", "vptr.commands:generate_video",
+            "Films the scripted expert driving the video embodiment (a floating two-finger "
+            "hand by default) with domain randomisation; writes only pixels (mp4) and a "
+            "manifest, the layout of a user's own video corpus. Cached by config."),
+    },
+    "quickstart": Command(
+        "run the whole pipeline on the built-in default data",
+        "vptr.quickstart:QuickstartConfig", "vptr.quickstart:run",
+        "Generates the default robot demonstrations and action-free video (cached), then "
+        "runs every pipeline stage that exists so far and prints what it made."),
+}
+
+
+def _load(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _add_leaf(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
+    p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", dest="_config_file", metavar="FILE.toml", default=None,
+                   help="TOML file of option values (command-line options override it)")
+    add_config_args(p, _load(cmd.config))
+    p.set_defaults(_command=cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="vptr", description=__doc__.split("\n\n")[0] + " Robot "
+                            "learning from video: generate data, pretrain, fine-tune, "
+                            "evaluate, export, deploy.")
+    from vptr import __version__
+
+    parser.add_argument("--version", action="version", version=f"vptr {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
+    for name, entry in COMMANDS.items():
+        if isinstance(entry, Command):
+            _add_leaf(sub, name, entry)
+            continue
+        group = sub.add_parser(name, help=f"{name} commands: {', '.join(entry)}",
+                               description=f"vptr {name} <subcommand>")
+        group_sub = group.add_subparsers(title="subcommands", metavar="SUBCOMMAND",
+                                         parser_class=ArgumentParser)
+        for subname, cmd in entry.items():
+            _add_leaf(group_sub, subname, cmd)
+        group.set_defaults(_group=group)
+    parser.set_defaults(_parser=parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    cmd: Command | None = getattr(ns, "_command", None)
+    if cmd is None:
+        (getattr(ns, "_group", None) or parser).print_help()
+        return 2
+    try:
+        cfg = config_from_namespace(_load(cmd.config), ns, ns._config_file)
+        result = _load(cmd.run)(cfg)
+    except VptrError as e:
+        print(f"vptr: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vptr: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

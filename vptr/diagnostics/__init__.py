@@ -1,0 +1,1 @@
+"""Diagnostics: value curves along held-out video, Spearman, value spread, effective rank."""

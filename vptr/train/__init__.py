@@ -1,0 +1,1 @@
+"""Training loops and their infrastructure (checkpoints, distributed set-up, logging)."""
