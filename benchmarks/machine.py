@@ -36,8 +36,6 @@ def describe() -> str:
 
 def table(headers: list[str], rows: list[list]) -> str:
     """A plain-text (markdown-compatible) table."""
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([fmt(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [fmt(r) for r in cells[1:]])
+    from vptr.diagnostics.table import format_table
+
+    return format_table(headers, rows)

@@ -43,6 +43,19 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
             "hand by default) with domain randomisation; writes only pixels (mp4) and a "
             "manifest, the layout of a user's own video corpus. Cached by config."),
     },
+    "pretrain": Command(
+        "pretrain an image encoder and value by TD learning on action-free video",
+        "vptr.train.pretrain:PretrainConfig", "vptr.train.pretrain:run",
+        "ICVF, intention-conditioned TD-JEPA or a baseline (tcn, vip, none) on a video "
+        "source. Checkpoints, TensorBoard logs and value diagnostics go to the run "
+        "directory; rerunning the same command resumes. Multi-process: torchrun "
+        "--nproc_per_node N -m vptr.cli pretrain ..."),
+    "evaluate-values": Command(
+        "score a pretraining run's value on held-out video against baselines",
+        "vptr.diagnostics.evaluate:EvaluateValuesConfig", "vptr.diagnostics.evaluate:run",
+        "Spearman(V, t), value spread against the true discounted time-to-goal range and "
+        "V at the goal, for the trained model, negative pixel L2 and untrained networks "
+        "over several seeds; value-curve PNGs and a JSON report in <run>/values."),
     "quickstart": Command(
         "run the whole pipeline on the built-in default data",
         "vptr.quickstart:QuickstartConfig", "vptr.quickstart:run",
