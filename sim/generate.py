@@ -15,6 +15,7 @@ something that looks finished (the next run discards the partial copy).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -29,7 +30,9 @@ from vptr.config import config_hash, helpfield, to_dict
 from vptr.errors import ConfigError, DataError
 
 MARKER = "vptr_generation.json"
-DEFAULT_VIDEO_TASKS = ("vptr/Reach-v0", "vptr/Push-v0", "vptr/Lift-v0", "vptr/PickPlace-v0")
+# reach is left out: its episodes are ~5 frames, too short to show progress to a goal
+DEFAULT_VIDEO_TASKS = ("vptr/Push-v0", "vptr/Lift-v0", "vptr/PickPlace-v0", "vptr/Stack-v0",
+                       "vptr/Drawer-v0")
 
 
 def default_data_dir() -> Path:
@@ -59,8 +62,7 @@ class RobotDataConfig:
 
     def out_dir(self) -> Path:
         name = "+".join(_slug(t) for t in self.tasks)
-        key = config_hash(self, exclude=("data_dir",))
-        return Path(self.data_dir or default_data_dir()) / "robot" / f"{name}-{key}"
+        return Path(self.data_dir or default_data_dir()) / "robot" / f"{name}-{cache_key(self)}"
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,28 @@ class VideoDataConfig:
 
     def out_dir(self) -> Path:
         name = f"{self.embodiment}-shift{self.domain_shift:g}"
-        key = config_hash(self, exclude=("data_dir",))
-        return Path(self.data_dir or default_data_dir()) / "video" / f"{name}-{key}"
+        return Path(self.data_dir or default_data_dir()) / "video" / f"{name}-{cache_key(self)}"
+
+
+@functools.lru_cache(maxsize=1)
+def sim_code_fingerprint() -> str:
+    """Hash of the simulator and generator sources: data made by other code is not reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:8]
+
+
+def cache_key(cfg: Any) -> str:
+    """What keys a cached output: the config (minus where it is stored) and the code."""
+    d = to_dict(cfg)
+    d.pop("data_dir", None)
+    d["sim_code"] = sim_code_fingerprint()
+    return config_hash(d)
 
 
 def _slug(env_id: str) -> str:
@@ -271,9 +293,11 @@ def generate_video(cfg: VideoDataConfig, force: bool = False, log=print) -> tupl
 
 def write_mp4(path: Path, frames: list[np.ndarray] | np.ndarray, fps: float) -> None:
     """Encode uint8 RGB frames (T, H, W, 3) as H.264/yuv420p (even sizes required)."""
-    import av
     from fractions import Fraction
 
+    import av
+
+    av.logging.set_level(av.logging.ERROR)  # libx264 prints encoder statistics otherwise
     h, w = frames[0].shape[:2]
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))

@@ -202,7 +202,7 @@ def config_from_namespace(cls: type[C], ns: argparse.Namespace,
     else:
         where = ""
     cli = {k: v for k, v in vars(ns).items() if "." in k or k in _field_names(cls)}
-    flat_file = _flatten(values)
+    flat_file = flatten(values)
     flat_file.update(cli)
     return build_config(cls, flat_file, where=where)
 
@@ -211,11 +211,12 @@ def _field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables -> dotted keys (``{"icvf": {"lr": 1}}`` -> ``{"icvf.lr": 1}``)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, prefix + k + "."))
+            out.update(flatten(v, prefix + k + "."))
         else:
             out[prefix + k] = v
     return out
@@ -237,8 +238,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_hash(cfg: Any, length: int = 10, exclude: tuple[str, ...] = ()) -> str:
-    """Stable short hash of a config (keys sorted), used to key cached outputs."""
-    d = to_dict(cfg)
+    """Stable short hash of a config or dict (keys sorted), used to key cached outputs."""
+    d = dict(to_dict(cfg))
     for key in exclude:
         d.pop(key, None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))

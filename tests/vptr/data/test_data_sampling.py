@@ -1,0 +1,163 @@
+"""Index sampling (pure numpy): ICVF goal mixture, geometric futures, stacking, configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vptr.config import build_config
+from vptr.data.config import SamplerConfig, VideoSourceConfig
+from vptr.data.sampling import (
+    GOAL_CURRENT,
+    GOAL_RANDOM,
+    GOAL_TRAJECTORY,
+    IMAGE_KEYS,
+    sample_frames,
+    sample_future_offsets,
+    sample_goals,
+    sample_index_batch,
+    stack_rows,
+)
+from vptr.errors import ConfigError
+
+LENGTHS = np.array([5, 40, 1, 17, 60])
+OFFSETS = np.concatenate([[0], np.cumsum(LENGTHS)[:-1]])
+N = 20_000
+
+
+def _batch(cfg=None, n=N, seed=0):
+    return sample_index_batch(np.random.default_rng(seed), OFFSETS, LENGTHS,
+                              cfg or SamplerConfig(), n)
+
+
+def test_frames_are_uniform_over_the_dataset():
+    traj, t = sample_frames(np.random.default_rng(0), LENGTHS, N)
+    assert np.all((t >= 0) & (t < LENGTHS[traj]))
+    freq = np.bincount(traj, minlength=len(LENGTHS)) / N
+    np.testing.assert_allclose(freq, LENGTHS / LENGTHS.sum(), atol=0.02)
+
+
+def test_goal_kinds_match_the_configured_probabilities():
+    rng = np.random.default_rng(1)
+    traj, t = sample_frames(rng, LENGTHS, N)
+    g_traj, g_t, kind = sample_goals(rng, traj, t, LENGTHS, (0.2, 0.5, 0.3))
+    np.testing.assert_allclose(np.bincount(kind, minlength=3) / N, [0.2, 0.5, 0.3], atol=0.02)
+    cur, tr, rnd = kind == GOAL_CURRENT, kind == GOAL_TRAJECTORY, kind == GOAL_RANDOM
+    assert np.all(g_traj[cur] == traj[cur]) and np.all(g_t[cur] == t[cur])
+    # trajectory goals: same trajectory, between t and the end (inclusive)
+    assert np.all(g_traj[tr] == traj[tr])
+    assert np.all((g_t[tr] >= t[tr]) & (g_t[tr] <= LENGTHS[traj[tr]] - 1))
+    # random goals come from every trajectory in proportion to its length
+    freq = np.bincount(g_traj[rnd], minlength=len(LENGTHS)) / rnd.sum()
+    np.testing.assert_allclose(freq, LENGTHS / LENGTHS.sum(), atol=0.03)
+    assert np.all(g_t < LENGTHS[g_traj])
+
+
+def test_trajectory_goals_are_uniform_on_t_to_end():
+    lengths = np.array([10])
+    t = np.zeros(N, dtype=np.int64)
+    _, g_t, _ = sample_goals(np.random.default_rng(2), np.zeros(N, np.int64), t, lengths,
+                             (0.0, 1.0, 0.0))
+    np.testing.assert_allclose(np.bincount(g_t, minlength=10) / N, 0.1, atol=0.02)
+    t = np.full(N, 7, dtype=np.int64)
+    _, g_t, _ = sample_goals(np.random.default_rng(3), np.zeros(N, np.int64), t, lengths,
+                             (0.0, 1.0, 0.0))
+    np.testing.assert_allclose(np.bincount(g_t, minlength=10)[7:] / N, 1 / 3, atol=0.02)
+
+
+def test_batch_goal_and_intent_mixture_and_reached_flags():
+    b = _batch()
+    for kind in (b["goal_kind"], b["intent_kind"]):
+        np.testing.assert_allclose(np.bincount(kind, minlength=3) / N, [0.2, 0.5, 0.3],
+                                   atol=0.02)
+    # s+ = s_z with p_samegoal = 0.5 (plus independent coincidences)
+    same = np.mean(b["goal_index"] == b["intent_index"])
+    assert 0.5 <= same <= 0.5 + 0.5 * 0.25
+    np.testing.assert_array_equal(b["goal_reached"], b["obs_index"] == b["goal_index"])
+    np.testing.assert_array_equal(b["intent_reached"], b["obs_index"] == b["intent_index"])
+    # a current-frame goal is always reached; a reached goal is the same frame
+    assert np.all(b["goal_reached"][b["goal_kind"] == GOAL_CURRENT])
+    # P(reached) = p_curr + p_traj * E[1/(T-t)] + tiny: at least p_currgoal
+    assert 0.2 - 0.02 < b["goal_reached"].mean() < 0.6
+    only_current = _batch(SamplerConfig(p_currgoal=1, p_trajgoal=0, p_randomgoal=0))
+    assert only_current["goal_reached"].all() and only_current["intent_reached"].all()
+    never_same = _batch(SamplerConfig(p_samegoal=0.0, p_currgoal=0, p_trajgoal=0,
+                                      p_randomgoal=1))
+    assert np.mean(never_same["goal_index"] == never_same["intent_index"]) < 0.05
+
+
+def test_indices_point_into_the_right_trajectories():
+    b = _batch(SamplerConfig(frame_skip=3), n=5000)
+    start, last = OFFSETS[b["traj_index"]], OFFSETS[b["traj_index"]] + b["traj_len"] - 1
+    assert np.all(b["traj_len"] == LENGTHS[b["traj_index"]])
+    assert np.all(b["obs_index"] == start + b["t"])
+    assert np.all(b["next_obs_index"] == np.minimum(b["obs_index"] + 3, last))
+    assert np.all(b["initial_index"] == start) and np.all(b["final_index"] == last)
+    assert np.all((b["future_index"] > b["obs_index"]) | (b["obs_index"] == last))
+    assert np.all(b["future_index"] <= last)
+    rows = b["rows"]
+    assert rows.shape == (len(IMAGE_KEYS), 5000, 1)
+    assert np.all(rows[IMAGE_KEYS.index("goal"), :, 0] == b["goal_index"])
+
+
+def test_geometric_future_offsets_have_mean_one_over_one_minus_gamma():
+    for gamma in (0.5, 0.9, 0.98):
+        j = sample_future_offsets(np.random.default_rng(4), 50_000, gamma)
+        assert j.min() >= 1
+        assert abs(j.mean() - 1 / (1 - gamma)) < 0.03 / (1 - gamma)
+    # clipped at the trajectory end inside a batch
+    b = _batch(SamplerConfig(future_gamma=0.9), n=5000)
+    last = OFFSETS[b["traj_index"]] + b["traj_len"] - 1
+    expected = np.minimum(b["obs_index"] + 1, last)
+    assert np.all(b["future_index"] >= expected)
+    uni = _batch(SamplerConfig(future_dist="uniform"), n=5000)
+    last = OFFSETS[uni["traj_index"]] + uni["traj_len"] - 1
+    inner = uni["obs_index"] < last
+    assert np.all(uni["future_index"][inner] > uni["obs_index"][inner])
+
+
+def test_frame_stacking_repeats_the_first_frame_at_a_trajectory_start():
+    offsets = np.array([0, 10])
+    rows = stack_rows(offsets, np.array([1, 1, 1, 0]), np.array([0, 1, 5, 2]), 3)
+    assert rows.tolist() == [[10, 10, 10], [10, 10, 11], [13, 14, 15], [0, 1, 2]]
+    b = _batch(SamplerConfig(frame_stack=3), n=5000)
+    r = b["rows"]
+    assert r.shape == (len(IMAGE_KEYS), 5000, 3)
+    # newest frame is the indexed one; all frames of a stack in the same trajectory, ordered
+    assert np.all(r[0, :, -1] == b["obs_index"]) and np.all(np.diff(r, axis=2) >= 0)
+    start = OFFSETS[b["traj_index"]]
+    assert np.all(r[0] >= start[:, None])
+    init = r[IMAGE_KEYS.index("initial_obs")]
+    assert np.all(init == start[:, None])
+
+
+def test_sampler_config_validation():
+    with pytest.raises(ConfigError, match="must sum to 1"):
+        SamplerConfig(p_currgoal=0.3)
+    with pytest.raises(ConfigError, match=r"p_samegoal must be in \[0, 1\]"):
+        SamplerConfig(p_samegoal=1.5)
+    with pytest.raises(ConfigError, match="frame_stack"):
+        SamplerConfig(frame_stack=4)
+    with pytest.raises(ConfigError, match="frame_skip"):
+        SamplerConfig(frame_skip=0)
+    with pytest.raises(ConfigError, match="future_gamma"):
+        SamplerConfig(future_gamma=1.0)
+    with pytest.raises(ConfigError, match="shift_pad"):
+        SamplerConfig(shift_pad=-1)
+    cfg = build_config(SamplerConfig, {"p_currgoal": 0, "p_trajgoal": 1, "p_randomgoal": 0,
+                                       "frame_stack": "3"})
+    assert cfg.goal_probs == (0, 1, 0) and cfg.frame_stack == 3
+    with pytest.raises(ConfigError, match="unknown option"):
+        build_config(SamplerConfig, {"p_goal": 0.1})
+
+
+def test_video_source_config_validation():
+    for bad in ({"size": 0}, {"fps": -1.0}, {"frames_fps": 0.0}, {"min_frames": 0},
+                {"decode_workers": -1}, {"camera_keys": ("",)}):
+        with pytest.raises(ConfigError):
+            VideoSourceConfig(**bad)
+    cfg = build_config(VideoSourceConfig, {"fps": 10, "camera_keys": ["a", "b"]})
+    assert cfg.fps == 10.0 and cfg.camera_keys == ("a", "b")
+    # only pixel-changing fields key the cache
+    assert cfg.pixel_config() == VideoSourceConfig(fps=10, camera_keys=("a", "b"),
+                                                   decode_workers=3).pixel_config()

@@ -1,0 +1,149 @@
+"""Index sampling for TD pretraining on video: pure numpy functions of (rng, lengths, config).
+
+Trajectory ``i`` occupies rows ``offsets[i] .. offsets[i] + lengths[i] - 1`` of the frame
+store. A sample is a time ``t`` in a trajectory plus the frames the objectives need:
+
+- next frame ``t + k`` (frame skip k), future frame ``t + j`` with j >= 1 geometric or
+  uniform, all clipped at the trajectory end;
+- outcome ``s+`` and intention ``s_z``, each drawn as in the ICVF release (Ghosh et al.
+  2023, dibyaghosh/icvf_release ``GCSDataset.sample_goals``): the current frame with
+  p_currgoal, a frame of the same trajectory uniform on [t, end] with p_trajgoal, a uniform
+  frame of the whole dataset with p_randomgoal; then ``s+ = s_z`` with p_samegoal;
+- the first and last frame of the trajectory (VIP's s_0 and goal; Ma et al. 2023, Sec. 4).
+
+"Reached" is decided by frame index, never by pixels (spec: pretraining.md, Sampling).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vptr.data.config import SamplerConfig
+from vptr.errors import ConfigError
+
+GOAL_CURRENT, GOAL_TRAJECTORY, GOAL_RANDOM = 0, 1, 2
+
+# Keys of the image tensors in a batch, in the order frames are gathered.
+IMAGE_KEYS = ("obs", "next_obs", "goal", "intent", "future_obs", "initial_obs", "final_obs")
+INDEX_KEYS = {"obs": "obs_index", "next_obs": "next_obs_index", "goal": "goal_index",
+              "intent": "intent_index", "future_obs": "future_index",
+              "initial_obs": "initial_index", "final_obs": "final_index"}
+
+
+def sample_frames(rng: np.random.Generator, lengths: np.ndarray, n: int) -> tuple[np.ndarray,
+                                                                                   np.ndarray]:
+    """(trajectory, time) of ``n`` frames drawn uniformly over all frames of the dataset.
+
+    Uniform over frames (not trajectories), as the ICVF release draws dataset indices, so a
+    long video contributes in proportion to its length.
+    """
+    ends = np.cumsum(lengths)
+    flat = rng.integers(0, ends[-1], size=n)
+    traj = np.searchsorted(ends, flat, side="right")
+    return traj, flat - (ends[traj] - lengths[traj])
+
+
+def sample_goals(rng: np.random.Generator, traj: np.ndarray, t: np.ndarray,
+                 lengths: np.ndarray, probs: tuple[float, float, float]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ICVF goal sampling: (goal trajectory, goal time, kind) for samples at (traj, t).
+
+    kind is GOAL_CURRENT / GOAL_TRAJECTORY / GOAL_RANDOM with probabilities ``probs``.
+    Trajectory goals are uniform on the integers [t, T-1] (the spec's "between t and the
+    trajectory end"), so they can equal t itself.
+    """
+    n = len(t)
+    kind = rng.choice(3, size=n, p=np.asarray(probs, dtype=np.float64))
+    end = lengths[traj] - 1
+    traj_goal_t = t + np.floor(rng.random(n) * (end - t + 1)).astype(np.int64)
+    rand_traj, rand_t = sample_frames(rng, lengths, n)
+    goal_traj = np.where(kind == GOAL_RANDOM, rand_traj, traj)
+    goal_t = np.select([kind == GOAL_CURRENT, kind == GOAL_TRAJECTORY], [t, traj_goal_t], rand_t)
+    return goal_traj, goal_t, kind
+
+
+def sample_future_offsets(rng: np.random.Generator, n: int, gamma: float) -> np.ndarray:
+    """j ~ Geometric(1 - gamma) on {1, 2, ...} (mean 1/(1-gamma)), before clipping.
+
+    The discounted state-occupancy of successor features / TD-JEPA puts weight
+    (1-gamma) gamma^(j-1) on the frame j steps ahead.
+    """
+    return rng.geometric(1.0 - gamma, size=n).astype(np.int64)
+
+
+def sample_future_times(rng: np.random.Generator, t: np.ndarray, traj_len: np.ndarray,
+                        cfg: SamplerConfig) -> np.ndarray:
+    """Time of the future frame: t + j (j >= 1), clipped to the last frame."""
+    last = traj_len - 1
+    if cfg.future_dist == "uniform":
+        span = np.maximum(last - t, 1)
+        j = 1 + np.floor(rng.random(len(t)) * span).astype(np.int64)
+    else:
+        j = sample_future_offsets(rng, len(t), cfg.future_gamma)
+    return np.minimum(t + j, last)
+
+
+def stack_rows(offsets: np.ndarray, traj: np.ndarray, t: np.ndarray, stack: int) -> np.ndarray:
+    """Frame-store rows (n, stack) of frames t-stack+1 .. t, oldest first.
+
+    Times before the trajectory start repeat its first frame (as frame-stacking wrappers do
+    at reset), so a stack never mixes two trajectories.
+    """
+    back = np.arange(stack - 1, -1, -1)
+    times = np.maximum(t[:, None] - back[None, :], 0)
+    return offsets[traj][:, None] + times
+
+
+def sample_index_batch(rng: np.random.Generator, offsets: np.ndarray, lengths: np.ndarray,
+                       cfg: SamplerConfig, n: int) -> dict[str, np.ndarray]:
+    """All indices of one batch of ``n`` samples (no pixels).
+
+    Returns, besides the batch-contract index keys (``obs_index``, ...), ``traj_index``,
+    ``t``, ``traj_len``, ``goal_reached``/``intent_reached``, ``goal_kind``/``intent_kind``
+    and ``rows``: frame-store rows (len(IMAGE_KEYS), n, frame_stack) to gather images from.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    traj, t = sample_frames(rng, lengths, n)
+    traj_len = lengths[traj]
+    last = traj_len - 1
+    next_t = np.minimum(t + cfg.frame_skip, last)
+    future_t = sample_future_times(rng, t, traj_len, cfg)
+    goal_traj, goal_t, goal_kind = sample_goals(rng, traj, t, lengths, cfg.goal_probs)
+    int_traj, int_t, int_kind = sample_goals(rng, traj, t, lengths, cfg.goal_probs)
+    same = rng.random(n) < cfg.p_samegoal
+    goal_traj = np.where(same, int_traj, goal_traj)
+    goal_t = np.where(same, int_t, goal_t)
+    goal_kind = np.where(same, int_kind, goal_kind)
+    zeros = np.zeros_like(t)
+    where = {"obs": (traj, t), "next_obs": (traj, next_t), "goal": (goal_traj, goal_t),
+             "intent": (int_traj, int_t), "future_obs": (traj, future_t),
+             "initial_obs": (traj, zeros), "final_obs": (traj, last)}
+    out: dict[str, np.ndarray] = {}
+    rows = np.empty((len(IMAGE_KEYS), n, cfg.frame_stack), dtype=np.int64)
+    for i, key in enumerate(IMAGE_KEYS):
+        tr, tt = where[key]
+        rows[i] = stack_rows(offsets, tr, tt, cfg.frame_stack)
+        out[INDEX_KEYS[key]] = offsets[tr] + tt
+    out["goal_reached"] = out["obs_index"] == out["goal_index"]
+    out["intent_reached"] = out["obs_index"] == out["intent_index"]
+    out.update(traj_index=traj, t=t, traj_len=traj_len, goal_kind=goal_kind,
+               intent_kind=int_kind, rows=rows)
+    return out
+
+
+def split_trajectories(n: int, val_fraction: float, seed: int = 0,
+                       shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) trajectory ids; val has round(n * val_fraction) of them.
+
+    ``shuffle``: val is a seeded random subset (``np.random.default_rng(seed)``
+    permutation); otherwise the last trajectories. With 0 < val_fraction and n >= 2 both
+    sides get at least one trajectory. Ids are returned sorted.
+    """
+    if not (0.0 <= val_fraction < 1.0):
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    return np.sort(order[:n - n_val]), np.sort(order[n - n_val:])
