@@ -1,0 +1,268 @@
+"""Intention-conditioned, action-free TD-JEPA — this project's design.
+
+TD-JEPA (Bagatella et al. 2025, "Latent-predictive representations for zero-shot RL")
+learns a state encoder φ, an outcome encoder ψ and a predictor T(φ(s), a, z) trained by TD
+to predict the discounted sum of future ψ features of the policy π_z:
+``ψ̄(s') + γ(1 - term) T̄(φ̄(s'), a', z)`` with ``a' ~ π_z``. As released it needs actions
+and an actor. Video has no actions, so **this project replaces the actor by ICVF-style
+intention weighting** (our design, not the paper's; spec "Intention-conditioned TD-JEPA"):
+
+* φ(s), ψ(s): MLP heads on the shared image trunk, outputs rescaled to norm √d;
+* intention z = ψ̄(s_z) projected to the √d sphere for an intention frame s_z of the batch,
+  or a random Gaussian direction (probability ``random_z_ratio``);
+* predictor ensemble T_k(φ(s), z) -> R^{dψ}, k = 1..K, averaged for targets;
+* TD target ``y = ψ̄(s') + γ · mask_z · T̄(φ̄(s'), z)`` (mask_z = 0 when s is s_z; 1 for
+  random z), all barred quantities from the Polyak target network under no_grad;
+* intention weighting as in ICVF with the successor-feature value V(s, z) = T(φ(s), z)ᵀz:
+  ``A = ψ̄(s')ᵀz + γ · mask_z · V̄(s', z) - V̄(s, z)`` and weight τ if A >= 0 else 1 - τ.
+  τ = 0.5 gives the behaviour policy's successor features (a TD version of BYOL-γ);
+* optional second predictor T_ψ(ψ(s), z) -> R^{dφ} with target ``φ̄(s') + γ mask_z T̄_ψ(ψ̄(s'), z)``
+  (TD-JEPA's default "asymmetric" model trains both directions);
+* anti-collapse: ``Orth(E) = -mean diag(EEᵀ) + ½ Σ_{i≠j} (EEᵀ)²_ij / (B(B-1))`` on φ(s) and
+  ψ(s) with coefficient ``orth_coef``, √d normalisation, stop-gradient EMA targets and
+  orthogonal initialisation of heads and predictors (as TD-JEPA's ``weight_init``).
+
+Loss = mean_k mean_b w_b ‖T_k(φ(s), z) - y‖² (+ the same for T_ψ) + orth_coef · (Orth(φ) + Orth(ψ)),
+with the squared error summed over feature dimensions as in TD-JEPA.
+
+Action-conditioned variant (robot data; ``action_dim > 0``): T(φ(s), a, z) with the
+SARSA-style next action ``next_action`` taken from the batch (float (B, A), e.g. a
+flattened action chunk). It estimates the data policy's successor features, so it runs
+without intention weighting (every sample weight 1: the advantage of a dataset transition
+is not defined without a policy); zero-shot values follow from :func:`zero_shot_z`.
+
+Departure from the TD-JEPA release: targets come from a Polyak copy of the *whole* network,
+image trunk included (as ICVF), whereas the release encodes s' with the online trunk and
+averages only the MLP heads and predictors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vptr.config import helpfield
+from vptr.errors import ConfigError, DataError
+from vptr.nets.mlp import make_mlp
+from vptr.pretrain.common import (
+    Batch,
+    encode_unique,
+    expectile_weight,
+    orth_loss,
+    project_sphere,
+    require_keys,
+    scalar_metrics,
+)
+
+PREFIX = "tdjepa"
+
+
+@dataclass
+class TDJEPAConfig:
+    phi_dim: int = helpfield(64, "dimension d of φ(s) (TD-JEPA: 50-256)")
+    psi_dim: int = helpfield(64, "dimension d of ψ(s) and of the intention z")
+    head_hidden_dims: tuple[int, ...] = helpfield((256,), "hidden widths of the φ and ψ "
+                                                  "heads on the image trunk")
+    predictor_hidden_dims: tuple[int, ...] = helpfield((512, 512), "hidden widths of the "
+                                                       "predictor(s) T")
+    num_predictors: int = helpfield(2, "predictor ensemble size (targets average them)")
+    psi_predictor: bool = helpfield(True, "also train T_ψ(ψ(s), z) -> φ (TD-JEPA asymmetric model)")
+    action_dim: int = helpfield(0, "0: action-free; > 0: T(φ(s), a, z) with batch "
+                                "'action' / 'next_action' of this width (flattened chunk)")
+    discount: float = helpfield(0.98, "γ of the successor features (TD-JEPA: 0.98-0.99)")
+    expectile: float = helpfield(0.9, "τ of the intention weighting (0.5: behaviour SFs)")
+    random_z_ratio: float = helpfield(0.5, "fraction of samples whose z is a random direction "
+                                      "instead of ψ(intent)")
+    orth_coef: float = helpfield(1.0, "orthonormality regulariser weight (TD-JEPA: 0.1 DMC, "
+                                 "1 OGBench)")
+    dedup: bool = helpfield(True, "encode each distinct frame once (by *_index keys)")
+    lr: float = helpfield(1e-4, "Adam learning rate (TD-JEPA)")
+    adam_eps: float = helpfield(1e-8, "Adam epsilon")
+    batch_size: int = helpfield(256, "batch size (TD-JEPA: 256-1024)")
+    target_rate: float = helpfield(0.005, "Polyak rate of the target network "
+                                   "(TD-JEPA: 0.001-0.005)")
+
+    def __post_init__(self) -> None:
+        self.head_hidden_dims = tuple(self.head_hidden_dims)
+        self.predictor_hidden_dims = tuple(self.predictor_hidden_dims)
+        if self.phi_dim < 1 or self.psi_dim < 1:
+            raise ConfigError(f"tdjepa.phi_dim / psi_dim must be >= 1, got {self.phi_dim}, "
+                              f"{self.psi_dim}")
+        if any(d <= 0 for d in self.head_hidden_dims + self.predictor_hidden_dims):
+            raise ConfigError("tdjepa: hidden widths must be positive, got "
+                              f"{self.head_hidden_dims}, {self.predictor_hidden_dims}")
+        if self.num_predictors < 1:
+            raise ConfigError(f"tdjepa.num_predictors must be >= 1, got {self.num_predictors}")
+        if self.action_dim < 0:
+            raise ConfigError(f"tdjepa.action_dim must be >= 0, got {self.action_dim}")
+        if not 0.0 <= self.discount < 1.0:
+            raise ConfigError(f"tdjepa.discount must be in [0, 1), got {self.discount}")
+        if not 0.0 < self.expectile < 1.0:
+            raise ConfigError(f"tdjepa.expectile must be in (0, 1), got {self.expectile}")
+        if not 0.0 <= self.random_z_ratio <= 1.0:
+            raise ConfigError(f"tdjepa.random_z_ratio must be in [0, 1], got {self.random_z_ratio}")
+        if self.orth_coef < 0:
+            raise ConfigError(f"tdjepa.orth_coef must be >= 0, got {self.orth_coef}")
+        if self.lr <= 0 or self.adam_eps <= 0 or self.batch_size < 2:
+            raise ConfigError("tdjepa: lr and adam_eps must be > 0 and batch_size >= 2 "
+                              f"(orthonormality needs pairs), got {self.lr}, {self.adam_eps}, "
+                              f"{self.batch_size}")
+        if not 0.0 < self.target_rate <= 1.0:
+            raise ConfigError(f"tdjepa.target_rate must be in (0, 1], got {self.target_rate}")
+
+
+class Predictor(nn.Module):
+    """Ensemble T_k(x, z[, a]) -> R^out, returned stacked as (K, B, out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, cfg: TDJEPAConfig) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(
+            make_mlp(in_dim + cfg.psi_dim + cfg.action_dim, (*cfg.predictor_hidden_dims, out_dim),
+                     layer_norm=True, init="orthogonal")
+            for _ in range(cfg.num_predictors))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor,
+                action: torch.Tensor | None = None) -> torch.Tensor:
+        inp = torch.cat([x, z] if action is None else [x, z, action], dim=-1)
+        return torch.stack([m(inp) for m in self.members])
+
+
+class TDJEPANets(nn.Module):
+    def __init__(self, cfg: TDJEPAConfig, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.action_dim = cfg.action_dim
+        self.phi_head = make_mlp(encoder.out_dim, (*cfg.head_hidden_dims, cfg.phi_dim),
+                                 layer_norm=True, init="orthogonal")
+        self.psi_head = make_mlp(encoder.out_dim, (*cfg.head_hidden_dims, cfg.psi_dim),
+                                 layer_norm=True, init="orthogonal")
+        self.T_phi = Predictor(cfg.phi_dim, cfg.psi_dim, cfg)
+        self.T_psi = Predictor(cfg.psi_dim, cfg.phi_dim, cfg) if cfg.psi_predictor else None
+
+    def phi_psi(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(φ, ψ) on the √d sphere from trunk features."""
+        return project_sphere(self.phi_head(feats)), project_sphere(self.psi_head(feats))
+
+    def phi(self, obs: torch.Tensor) -> torch.Tensor:
+        """Downstream state feature φ(s)."""
+        return project_sphere(self.phi_head(self.encoder(obs)))
+
+
+def create(cfg: TDJEPAConfig, encoder: nn.Module) -> TDJEPANets:
+    return TDJEPANets(cfg, encoder)
+
+
+def _actions(batch: Batch, cfg: TDJEPAConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if cfg.action_dim == 0:
+        return None, None
+    require_keys(batch, ("action", "next_action"), PREFIX + " (action-conditioned)")
+    out = []
+    for key in ("action", "next_action"):
+        a = batch[key].flatten(1)  # an action chunk (B, h, A) becomes (B, h*A)
+        if a.shape[1] != cfg.action_dim:
+            raise DataError(f"{PREFIX}: batch[{key!r}] has {a.shape[1]} action values per "
+                            f"sample, config action_dim is {cfg.action_dim}")
+        out.append(a)
+    return out[0], out[1]
+
+
+def sample_z(psi_intent: torch.Tensor, random_z_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, is_random): ψ(s_z) on the √d sphere, replaced by a random direction w.p. ratio."""
+    z = project_sphere(psi_intent)
+    is_random = torch.rand(z.shape[0], device=z.device) < random_z_ratio
+    if random_z_ratio > 0:
+        z = torch.where(is_random[:, None], project_sphere(torch.randn_like(z)), z)
+    return z, is_random
+
+
+def loss_fn(nets: TDJEPANets, target_nets: TDJEPANets, batch: Batch,
+            cfg: TDJEPAConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    require_keys(batch, ("obs", "next_obs", "intent", "intent_reached"), PREFIX)
+    action, next_action = _actions(batch, cfg)
+    weighted = action is None  # intention weighting only in the action-free form
+
+    with torch.no_grad():
+        keys = ("obs", "next_obs", "intent") if weighted else ("next_obs", "intent")
+        tf = encode_unique(target_nets.encoder, batch, keys, cfg.dedup)
+        phi_next, psi_next = target_nets.phi_psi(tf["next_obs"])
+        _, psi_intent = target_nets.phi_psi(tf["intent"])
+        z, is_random = sample_z(psi_intent, cfg.random_z_ratio)
+        if action is not None:  # actions arrive in the dataset's dtype
+            action, next_action = action.to(z.dtype), next_action.to(z.dtype)
+        # s == s_z ends the intention's episode; a random z has no goal frame to reach
+        reached_z = batch["intent_reached"].to(z.dtype)
+        mask_z = torch.where(is_random, torch.ones_like(reached_z), 1.0 - reached_z)
+        t_next = target_nets.T_phi(phi_next, z, next_action).mean(0)  # (B, dψ)
+        y_phi = psi_next + cfg.discount * mask_z[:, None] * t_next
+        if weighted:
+            phi_s_bar, _ = target_nets.phi_psi(tf["obs"])
+            v_next = (t_next * z).sum(-1)
+            v_s = (target_nets.T_phi(phi_s_bar, z).mean(0) * z).sum(-1)
+            adv = (psi_next * z).sum(-1) + cfg.discount * mask_z * v_next - v_s
+            weight = expectile_weight(adv, cfg.expectile)
+        else:
+            weight = torch.ones_like(mask_z)
+        if nets.T_psi is not None:
+            t_psi_next = target_nets.T_psi(psi_next, z, next_action).mean(0)  # (B, dφ)
+            y_psi = phi_next + cfg.discount * mask_z[:, None] * t_psi_next
+
+    phi, psi = nets.phi_psi(nets.encoder(batch["obs"]))
+    pred_phi = nets.T_phi(phi, z, action)  # (K, B, dψ)
+    td_phi = (weight * (pred_phi - y_phi).pow(2).sum(-1)).mean()
+    td_psi = torch.zeros((), device=phi.device)
+    if nets.T_psi is not None:
+        td_psi = (weight * (nets.T_psi(psi, z, action) - y_psi).pow(2).sum(-1)).mean()
+    orth_phi, orth_phi_diag, orth_phi_off = orth_loss(phi)
+    orth_psi, _, orth_psi_off = orth_loss(psi)
+    loss = td_phi + td_psi + cfg.orth_coef * (orth_phi + orth_psi)
+
+    with torch.no_grad():
+        extra = {}
+        if weighted:
+            extra = {"adv_mean": adv.mean(), "adv_pos_frac": (adv >= 0).float().mean(),
+                     "v_mean": v_s.mean()}
+        metrics = scalar_metrics(
+            PREFIX, loss=loss, td_phi=td_phi, td_psi=td_psi, orth_phi=orth_phi,
+            orth_phi_diag=orth_phi_diag, orth_phi_offdiag=orth_phi_off, orth_psi=orth_psi,
+            orth_psi_offdiag=orth_psi_off, target_norm=y_phi.norm(dim=-1).mean(),
+            random_z_frac=is_random.float().mean(), mask_z_mean=mask_z.mean(), **extra)
+    return loss, metrics
+
+
+def value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
+          intent: torch.Tensor | None = None, action: torch.Tensor | None = None) -> torch.Tensor:
+    """Successor-feature value of reaching ``goal`` from ``obs``.
+
+    Without an intention: V(s, g) = T(φ(s), z)ᵀ z with z = ψ(g) on the √d sphere. With an
+    intention frame: T(φ(s), ψ(s_z))ᵀ ψ(g), the predicted discounted visitation of g's
+    features while acting on s_z (the analogue of ICVF's V(s, s+, z)). The
+    action-conditioned model needs ``action`` (then this is Q(s, a, z)).
+    """
+    if (action is None) != (nets.action_dim == 0):
+        raise ConfigError("tdjepa.value: pass `action` exactly when the model is "
+                          f"action-conditioned (action_dim={nets.action_dim})")
+    n = obs.shape[0]
+    images = [obs, goal] if intent is None else [obs, goal, intent]
+    feats = nets.encoder(torch.cat(images))
+    phi = project_sphere(nets.phi_head(feats[:n]))
+    psi = project_sphere(nets.psi_head(feats[n:]))
+    psi_g = psi[:n]
+    z = psi_g if intent is None else psi[n:]
+    if action is not None:
+        action = action.flatten(1).to(phi.dtype)
+    return (nets.T_phi(phi, z, action).mean(0) * psi_g).sum(-1)
+
+
+def zero_shot_z(psi_next: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """Task vector from rewards: z = argmin ‖ψ(s') z - r‖² projected to the √d sphere.
+
+    ``psi_next``: (N, d) features of the states the rewards were received in; ``rewards``:
+    (N,). Least squares as in TD-JEPA / FB zero-shot reward inference.
+    """
+    if psi_next.ndim != 2 or rewards.reshape(-1).shape[0] != psi_next.shape[0]:
+        raise DataError(f"zero_shot_z: expected psi (N, d) and rewards (N,), got "
+                        f"{tuple(psi_next.shape)} and {tuple(rewards.shape)}")
+    sol = torch.linalg.lstsq(psi_next.double(), rewards.reshape(-1, 1).double()).solution
+    return project_sphere(sol[:, 0].to(psi_next.dtype))
