@@ -215,11 +215,27 @@ def generate_robot(cfg: RobotDataConfig, force: bool = False, log=print) -> tupl
     return _build(cfg.out_dir(), cfg, "robot", lambda d: _write_robot(cfg, d), force, log)
 
 
+def _quiet_encoders() -> None:
+    """Keep encoder chatter (libx264 statistics, SVT-AV1 banners) off the terminal."""
+    import av
+
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only (read at encoder start)
+    av.logging.set_level(av.logging.ERROR)
+    try:  # LeRobot's writer maps episodes with HF datasets, which draws progress bars
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def _write_robot(cfg: RobotDataConfig, root: Path) -> dict:
     import sim
+
     from lerobot.configs.video import RGBEncoderConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    _quiet_encoders()
     envs = [sim.make(t, image_size=cfg.image_size, cameras=cfg.cameras) for t in cfg.tasks]
     base = envs[0].unwrapped
     for t, env in zip(cfg.tasks, envs):
@@ -297,7 +313,7 @@ def write_mp4(path: Path, frames: list[np.ndarray] | np.ndarray, fps: float) -> 
 
     import av
 
-    av.logging.set_level(av.logging.ERROR)  # libx264 prints encoder statistics otherwise
+    _quiet_encoders()
     h, w = frames[0].shape[:2]
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
