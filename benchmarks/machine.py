@@ -30,6 +30,8 @@ def describe() -> str:
         except ImportError:
             pass
     gl = os.environ.get("MUJOCO_GL", "default")
+    if "LP_NUM_THREADS" in os.environ:
+        gl += f", LP_NUM_THREADS={os.environ['LP_NUM_THREADS']}"
     return (f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}, {', '.join(versions)}, MUJOCO_GL={gl}")
 

@@ -23,9 +23,20 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# This file is named like the `sim` package: keep its folder off the import path and load
+# the sibling helper module by file name instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-from machine import describe, table  # noqa: E402
+
+def _machine():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vptr_bench_machine",
+                                                  os.path.join(_HERE, "machine.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 CONFIGS = [
     ("ICVF, Impala (release)", "impala", 64),
@@ -123,6 +134,8 @@ def main() -> None:
              f"{r['frames_per_s']:,.0f}", f"{r['encoded_per_s']:,.0f}",
              f"{r['loader_batches_per_s']:.1f}", f"{r['loader_ratio']:.1f}x",
              f"{r['peak_rss_gb']:.2f}"] for r in results]
+    machine = _machine()
+    describe, table = machine.describe, machine.table
     print(f"machine: {describe()}; torch threads {results[0]['threads']}, "
           f"loader workers {args.workers}")
     print(table(["config", "frames", "batch", "train steps/s", "frames/s", "encoded/s",

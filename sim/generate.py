@@ -230,10 +230,10 @@ def _quiet_encoders() -> None:
 
 
 def _write_robot(cfg: RobotDataConfig, root: Path) -> dict:
-    import sim
-
     from lerobot.configs.video import RGBEncoderConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    import sim
 
     _quiet_encoders()
     envs = [sim.make(t, image_size=cfg.image_size, cameras=cfg.cameras) for t in cfg.tasks]
@@ -343,8 +343,8 @@ def _write_video(cfg: VideoDataConfig, root: Path) -> dict:
                 counts = per_task.setdefault(task, {"attempted": 0, "successful": 0, "saved": 0})
                 for i in range(cfg.episodes_per_task):
                     frames, success, last = [], False, None
-                    for obs, _a, _r, _t, _tr, info, last in rollout(env, expert,
-                                                                    cfg.seed + 10000 * k + i):
+                    steps = rollout(env, expert, cfg.seed + 10000 * k + i)
+                    for obs, _a, _r, _t, _tr, info, last in steps:  # noqa: B007 (used below)
                         frames.append(obs["pixels"][cfg.camera])
                         success = success or bool(info.get("is_success", False))
                     # the observation after the last action shows the outcome (goal reached)

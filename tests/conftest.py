@@ -5,10 +5,10 @@ import os
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
-import csv  # noqa: E402
+import csv
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 
 def moving_square_video(length: int, size: int, rng: np.random.Generator) -> np.ndarray:

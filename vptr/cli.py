@@ -70,8 +70,7 @@ def _load(ref: str):
 
 
 def _add_leaf(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
-    p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
     p.add_argument("--config", dest="_config_file", metavar="FILE.toml", default=None,
                    help="TOML file of option values (command-line options override it)")
     add_config_args(p, _load(cmd.config))

@@ -80,6 +80,14 @@ def _converter(tp: Any, optional: bool):
     return convert
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return " ".join(map(str, value)) if value else "(none)"
+    return "(none)" if value is None or value == "" else str(value)
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Add one ``--name`` option per field of dataclass ``cls`` (recursively)."""
     hints = typing.get_type_hints(cls)
@@ -95,7 +103,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        shown = "" if help_text.endswith(")") else f" (default: {default!r})"
+        shown = f" [default: {_show(default)}]"
         flag = "--" + name.replace("_", "-")
         kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text + shown)
         if tp is bool:

@@ -21,6 +21,9 @@ from pathlib import Path
 from vptr.config import helpfield
 from vptr.errors import ConfigError
 
+# the repository's configs/ (the project is installed editable by ./run)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 @dataclass(frozen=True)
 class QuickstartConfig:
@@ -32,8 +35,8 @@ class QuickstartConfig:
     eval_episodes: int = helpfield(5, "held-out videos per task, for each of hand and arm")
     image_size: int = helpfield(64, "image size for all generated data")
     seed: int = helpfield(0, "base seed")
-    pretrain_config: Path = helpfield(Path("configs/pretrain/quickstart.toml"),
-                                      "pretraining options (TOML, PretrainConfig fields)")
+    pretrain_config: Path = helpfield(CONFIGS / "pretrain" / "quickstart.toml",
+                                      "pretraining options (TOML of PretrainConfig fields)")
     pretrain_steps: int = helpfield(0, "override the pretraining steps (0 = the config's)")
     out_dir: Path = helpfield(Path("runs/quickstart"), "where runs are written")
     skip_pretrain: bool = helpfield(False, "only generate the data")

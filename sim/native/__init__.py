@@ -19,6 +19,11 @@ import os
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "osmesa"
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# OSMesa's llvmpipe rasterises with a thread pool by default; for our small low-poly
+# frames the hand-off costs more than it saves: drawing in the calling thread measured
+# 2x the env steps/s (benchmarks/RESULTS.md) and lets parallel workers use one core each.
+# robosuite's large scenes were within 10 % either way. Read when the GL library loads.
+os.environ.setdefault("LP_NUM_THREADS", "0")
 
 _ENTRY_POINT = "sim.native.env:TabletopEnv"
 

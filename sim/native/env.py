@@ -226,6 +226,6 @@ class TabletopEnv(gym.Env):
         # the GL library may already be unloaded, and __del__ must never raise.
         try:
             self.close()
-        except Exception:  # noqa: BLE001, S110
+        except Exception:
             pass
 

@@ -1,7 +1,8 @@
 """Gymnasium wrapper around robosuite 1.5 manipulation tasks (Panda, BASIC/OSC_POSE).
 
     env = RobosuiteEnv(task="Lift", image_size=64, render_quality="cheap")
-    obs, info = env.reset(seed=0)   # obs = {"state": (23,) float32, "pixels": {"agentview": (64, 64, 3) uint8}}
+    obs, info = env.reset(seed=0)
+    # obs = {"state": (23,) float32, "pixels": {"agentview": (64, 64, 3) uint8}}
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 
 Design notes

@@ -9,8 +9,14 @@ import av
 import numpy as np
 import pytest
 
-from sim.generate import (MARKER, RobotDataConfig, VideoDataConfig, cached, generate_robot,
-                          generate_video)
+from sim.generate import (
+    MARKER,
+    RobotDataConfig,
+    VideoDataConfig,
+    cached,
+    generate_robot,
+    generate_video,
+)
 from vptr.errors import ConfigError, DataError
 
 

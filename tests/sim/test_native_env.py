@@ -283,7 +283,7 @@ def test_gymnasium_make_applies_time_limit():
                      max_episode_steps=ENV_SPECS["vptr/Lift-v0"][2], disable_env_checker=True)
     env = gym.make("vptr/Lift-v0", render_images=False)
     env.reset(seed=0)
-    for step in range(1, 200):
+    for step in range(1, 200):  # noqa: B007 (the step count is checked below)
         *_, terminated, truncated, _ = env.step(np.zeros(5, np.float32))
         if truncated:
             break

@@ -6,8 +6,14 @@ from typing import Literal
 
 import pytest
 
-from vptr.config import (ArgumentParser, add_config_args, build_config, config_from_namespace,
-                         config_hash, helpfield)
+from vptr.config import (
+    ArgumentParser,
+    add_config_args,
+    build_config,
+    config_from_namespace,
+    config_hash,
+    helpfield,
+)
 from vptr.errors import ConfigError
 
 

@@ -163,7 +163,7 @@ def decode_item(item: Item, cfg: VideoSourceConfig) -> Clip | Skip:
         clip = item.decode(cfg)
     except Unusable as e:
         return Skip(item.label, e.category, e.detail)
-    except Exception as e:  # noqa: BLE001 -- odd files raise odd errors; one must not stop a build
+    except Exception as e:
         return Skip(item.label, "decode error", f"{type(e).__name__}: {e}")
     if len(clip.frames) < cfg.min_frames:
         return Skip(item.label, "too short", f"{len(clip.frames)} frames at {clip.fps:g} fps "

@@ -360,7 +360,7 @@ def _lerobot_meta(root_or_repo: str):
         return LeRobotDataset(root_or_repo, video_backend="pyav").meta
     except DataError:
         raise
-    except Exception as e:  # noqa: BLE001 -- LeRobot raises many types (version, parquet, hub)
+    except Exception as e:
         raise DataError(f"{root_or_repo}: cannot open as a LeRobot dataset "
                         f"({type(e).__name__}: {e})") from None
 

@@ -66,10 +66,20 @@ def load_run(run: Path):
 def evaluate_run(cfg: EvaluateValuesConfig, log=print) -> dict[str, Any]:
     from vptr.data import open_video_source
     from vptr.diagnostics.table import format_table
-    from vptr.diagnostics.values import (ValueReport, evaluate_values, pixel_l2_value,
-                                         plot_value_curves)
-    from vptr.train.pretrain import (_seed_all, build_nets, eval_trajectories, parse_eval_data,
-                                     value_callable, value_gamma)
+    from vptr.diagnostics.values import (
+        ValueReport,
+        evaluate_values,
+        pixel_l2_value,
+        plot_value_curves,
+    )
+    from vptr.train.pretrain import (
+        _seed_all,
+        build_nets,
+        eval_trajectories,
+        parse_eval_data,
+        value_callable,
+        value_gamma,
+    )
 
     pcfg, nets, objective, step, image_size = load_run(cfg.run)
     device = torch.device(cfg.device)

@@ -19,9 +19,10 @@ so they can be compared in one table.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ class ValueReport:
                 f"{self.spread:+.3f}", f"{self.goal_value:+.3f}", f"{self.value_std:.3g}",
                 f"{self.inverted:.0%}"]
 
-    HEADERS = ["method", "Spearman(V, t)", "spread / true range", "V(goal, goal)",
+    HEADERS: ClassVar[list[str]] = ["method", "Spearman(V, t)", "spread / true range", "V(goal, goal)",
                "std of V along ep.", "inverted"]
 
 

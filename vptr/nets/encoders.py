@@ -183,7 +183,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     # safetensors, pickle (code refused by weights_only), zip and EOF errors all mean the
     # same to the user: this file cannot be used.
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise DataError(f"{path}: cannot read encoder weights ({type(e).__name__}: {e})") from None
     # Training checkpoints often nest the weights one level down.
     for key in ("state_dict", "model", "module"):

@@ -232,8 +232,12 @@ def value_gamma(cfg: PretrainConfig) -> float:
 def run_diagnostics(cfg: PretrainConfig, objective, nets: nn.Module, eval_sets: dict,
                     device: torch.device, out: Path, step: int, writer=None) -> dict[str, Any]:
     """Value curves + Spearman / spread on each held-out set; PNG per set; effective rank."""
-    from vptr.diagnostics.values import (effective_rank, evaluate_values, plot_value_curves,
-                                         stack_frames)
+    from vptr.diagnostics.values import (
+        effective_rank,
+        evaluate_values,
+        plot_value_curves,
+        stack_frames,
+    )
 
     was_training = nets.training
     nets.eval()

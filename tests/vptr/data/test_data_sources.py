@@ -207,7 +207,7 @@ def test_lerobot_video_dataset_one_trajectory_per_episode_and_camera(lerobot_vid
                              dataclasses.replace(cfg, camera_keys=("observation.images.wrist",),
                                                  fps=5))
     assert only.lengths.tolist() == [6, 8] and len(only) == 2
-    with pytest.raises(ConfigError, match="unknown camera key .* 'observation.images.top'"):
+    with pytest.raises(ConfigError, match=r"unknown camera key .* 'observation\.images\.top'"):
         open_video_source(lerobot_video_root,
                           dataclasses.replace(cfg, camera_keys=("observation.images.top",)))
 

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from vptr.diagnostics.values import (effective_rank, evaluate_values, pixel_l2_value,
-                                     plot_value_curves, stack_frames, true_values)
+from vptr.diagnostics.values import (
+    effective_rank,
+    evaluate_values,
+    pixel_l2_value,
+    plot_value_curves,
+    stack_frames,
+    true_values,
+)
 
 
 def test_true_values_shape_and_ends():

@@ -125,7 +125,7 @@ def test_timm_local_weights_are_loaded_and_stem_adapted_to_stacked_frames(tmp_pa
         torch.testing.assert_close(own["conv1.weight"], adapt_input_conv(6, state["conv1.weight"]))
         assert enc.out_dim == 512
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="bad.pth"):
+    with pytest.raises(DataError, match=r"bad\.pth"):
         make_encoder("timm:resnet18", 3, 32, weights=tmp_path / "bad.pth")
     with pytest.raises(DataError, match="not found"):
         make_encoder("timm:resnet18", 3, 32, weights=tmp_path / "missing.safetensors")

@@ -125,7 +125,7 @@ def test_config_errors(square_videos):
         build_config(PretrainConfig, {"data": "x", "steps": 0})
     with pytest.raises(ConfigError, match="unknown option"):
         build_config(PretrainConfig, {"data": "x", "icvf.expectiles": 0.3})
-    with pytest.raises(ConfigError, match="icvf.expectile must be in"):
+    with pytest.raises(ConfigError, match=r"icvf\.expectile must be in"):
         build_config(PretrainConfig, {"data": "x", "icvf.expectile": 1.5})
 
 
