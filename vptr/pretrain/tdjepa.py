@@ -239,6 +239,11 @@ def value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
     intention frame: T(φ(s), ψ(s_z))ᵀ ψ(g), the predicted discounted visitation of g's
     features while acting on s_z (the analogue of ICVF's V(s, s+, z)). The
     action-conditioned model needs ``action`` (then this is Q(s, a, z)).
+
+    The result is divided by ψ's dimension d, so that the per-step "reward" ψ(s)ᵀψ(g)/d is
+    the cosine similarity to the goal's features (1 at the goal): V is then in units of
+    discounted goal visits, bounded by 1/(1-γ) like the ICVF time-to-goal scale, which
+    makes the value-spread diagnostic comparable across objectives.
     """
     if (action is None) != (nets.action_dim == 0):
         raise ConfigError("tdjepa.value: pass `action` exactly when the model is "
@@ -252,7 +257,7 @@ def value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
     z = psi_g if intent is None else psi[n:]
     if action is not None:
         action = action.flatten(1).to(phi.dtype)
-    return (nets.T_phi(phi, z, action).mean(0) * psi_g).sum(-1)
+    return (nets.T_phi(phi, z, action).mean(0) * psi_g).sum(-1) / psi_g.shape[-1]
 
 
 def zero_shot_z(psi_next: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:

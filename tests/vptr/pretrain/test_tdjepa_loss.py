@@ -177,7 +177,8 @@ def test_tdjepa_value_and_zero_shot_z(frames, flat_encoder, make_batch):
     phi, _ = _heads(nets, feats_s)
     _, psi_g = _heads(nets, feats_g)
     t = _pred(nets.T_phi, phi, psi_g).mean(0)
-    np.testing.assert_allclose(v.numpy(), [t[i] @ psi_g[i] for i in range(6)], rtol=1e-9)
+    d = psi_g.shape[-1]  # value is in units of discounted goal visits: divided by d
+    np.testing.assert_allclose(v.numpy(), [t[i] @ psi_g[i] / d for i in range(6)], rtol=1e-9)
     # zero-shot: rewards linear in ψ recover the direction of the true task vector
     g = torch.Generator().manual_seed(0)
     psi = torch.randn(200, 5, generator=g)
