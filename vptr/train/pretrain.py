@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -376,7 +377,8 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {cfg.objective}", unit="step",
-               disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
+               disable=not (cfg.progress and info.is_main), dynamic_ncols=True,
+               mininterval=0.2 if sys.stderr.isatty() else 30.0)  # logs: a line per 30 s
     rate = float(cfg.objective_cfg.target_rate)
     step, t0, metrics_acc, n_acc = start, time.time(), {}, 0
     diagnostics: dict[str, Any] = {}
