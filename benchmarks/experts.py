@@ -39,12 +39,12 @@ def rollouts(env_id: str, kwargs: dict, seeds: int, noise: float) -> tuple[int, 
     for seed in range(seeds):
         obs, _ = env.reset(seed=seed)
         expert.reset()
-        for t in range(1, 10_000):
+        steps, done = 0, False
+        while not done:
             obs, _, term, trunc, info = env.step(np.asarray(expert.act(obs), np.float32))
-            if term or trunc:
-                break
+            steps, done = steps + 1, term or trunc
         wins += bool(info["is_success"])
-        lengths.append(t)
+        lengths.append(steps)
     env.close()
     return wins, float(np.mean(lengths))
 
@@ -58,14 +58,9 @@ def main() -> None:
     p.add_argument("--native-only", action="store_true", help="skip robosuite")
     args = p.parse_args()
 
-    import importlib.util
-
     import sim
-
-    spec = importlib.util.spec_from_file_location("vptr_bench_machine",
-                                                  os.path.join(_HERE, "machine.py"))
-    machine = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(machine)
+    from vptr.diagnostics.machine import describe
+    from vptr.diagnostics.table import format_table
 
     jobs = []
     for env_id in sim.ENV_IDS:
@@ -82,8 +77,8 @@ def main() -> None:
         lo, hi = wilson(wins, n)
         rows.append([env_id, body, f"{wins}/{n}", f"{wins / n:.0%} [{lo:.0%}, {hi:.0%}]",
                      f"{mean_len:.0f}", f"{time.time() - t:.0f}s"])
-    print(f"machine: {machine.describe()}; expert noise {args.noise}")
-    print(machine.table(["task", "embodiment", "successes", "rate [Wilson 95%]",
+    print(f"machine: {describe()}; expert noise {args.noise}")
+    print(format_table(["task", "embodiment", "successes", "rate [Wilson 95%]",
                          "mean steps", "time"], rows))
 
 

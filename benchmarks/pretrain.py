@@ -23,20 +23,10 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-# This file is named like the `sim` package: keep its folder off the import path and load
-# the sibling helper module by file name instead.
+# benchmarks/sim.py is named like the `sim` package: keep this folder off the import path.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-
-def _machine():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("vptr_bench_machine",
-                                                  os.path.join(_HERE, "machine.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 CONFIGS = [
     ("ICVF, Impala (release)", "impala", 64),
@@ -134,8 +124,9 @@ def main() -> None:
              f"{r['frames_per_s']:,.0f}", f"{r['encoded_per_s']:,.0f}",
              f"{r['loader_batches_per_s']:.1f}", f"{r['loader_ratio']:.1f}x",
              f"{r['peak_rss_gb']:.2f}"] for r in results]
-    machine = _machine()
-    describe, table = machine.describe, machine.table
+    from vptr.diagnostics.machine import describe
+    from vptr.diagnostics.table import format_table as table
+
     print(f"machine: {describe()}; torch threads {results[0]['threads']}, "
           f"loader workers {args.workers}")
     print(table(["config", "frames", "batch", "train steps/s", "frames/s", "encoded/s",

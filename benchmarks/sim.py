@@ -18,20 +18,10 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-# This file is named like the `sim` package: keep its folder off the import path and load
-# the sibling helper module by file name instead.
+# benchmarks/sim.py is named like the `sim` package: keep this folder off the import path.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-
-def _machine():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("vptr_bench_machine",
-                                                  os.path.join(_HERE, "machine.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def steps_per_second(env_id: str, kwargs: dict, steps: int, seed: int = 0) -> float:
@@ -96,8 +86,9 @@ def main() -> None:
                 rate = steps_per_second("vptr/RobosuiteLift-v0", kw, args.robosuite_steps)
                 rows.append(["robosuite Lift (Panda, OSC_POSE)", f"{size}x{size}", quality,
                              f"{rate:,.1f}", ""])
-    machine = _machine()
-    describe, table = machine.describe, machine.table
+    from vptr.diagnostics.machine import describe
+    from vptr.diagnostics.table import format_table as table
+
     print(f"machine: {describe()}")
     print(table(["environment", "image", "render", "steps/s (1 proc)", "steps/s (2 procs)"], rows))
 

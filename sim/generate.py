@@ -136,8 +136,9 @@ def _check_common(tasks, episodes, noise, image_size) -> None:
         raise ConfigError(f"episodes_per_task must be > 0, got {episodes}")
     if noise < 0:
         raise ConfigError(f"noise must be >= 0, got {noise}")
-    if not 16 <= image_size <= 512:
-        raise ConfigError(f"image_size must be in [16, 512], got {image_size}")
+    if not 16 <= image_size <= 512 or image_size % 2:
+        raise ConfigError(f"image_size must be even and in [16, 512] (video codecs need even "
+                          f"sizes), got {image_size}")
 
 
 # --------------------------------------------------------------------------- cache
@@ -162,22 +163,35 @@ def cached(out: Path) -> dict[str, Any] | None:
 
 
 def _build(out: Path, cfg: Any, kind: str, builder, force: bool, log) -> tuple[Path, dict]:
-    """Build into ``out.partial`` and rename into place when complete (atomic publish)."""
+    """Build into ``<out>.partial-<pid>`` and rename into place when complete.
+
+    A lock file serialises builders of the same output (two processes asking for the
+    same config: the second waits, then finds the first one's result in the cache).
+    """
+    import fcntl
+
     record = cached(out)
     if record is not None and not force:
         log(f"{kind}: cached at {out}")
         return out, record
     _check_writable(out.parent)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # an earlier interrupted run
-    start = time.time()
-    stats = builder(partial)
-    record = {"kind": kind, "config": to_dict(cfg), "stats": stats,
-              "seconds": round(time.time() - start, 2), "vptr_version": _version()}
-    (partial / MARKER).write_text(json.dumps(record, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = cached(out)
+        if record is not None and not force:
+            log(f"{kind}: cached at {out} (built by another process)")
+            return out, record
+        for stale in out.parent.glob(f"{out.name}.partial*"):  # interrupted earlier runs
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+        start = time.time()
+        stats = builder(partial)
+        record = {"kind": kind, "config": to_dict(cfg), "stats": stats,
+                  "seconds": round(time.time() - start, 2), "vptr_version": _version()}
+        (partial / MARKER).write_text(json.dumps(record, indent=2))
+        if out.exists():  # force: replace the old copy
+            shutil.rmtree(out)
+        partial.rename(out)
     return out, record
 
 
@@ -258,7 +272,7 @@ def _write_robot(cfg: RobotDataConfig, root: Path) -> dict:
     }
     fps = int(round(base.control_hz))
     ds = LeRobotDataset.create(
-        repo_id=f"vptr/{root.name.removesuffix('.partial')}", fps=fps, features=features,
+        repo_id=f"vptr/{root.name.split('.partial')[0]}", fps=fps, features=features,
         root=root, robot_type=base.embodiment, use_videos=True, video_backend="pyav",
         rgb_encoder=RGBEncoderConfig(vcodec=cfg.video_codec))
     per_task: dict[str, dict[str, int]] = {}
@@ -290,8 +304,8 @@ def _write_robot(cfg: RobotDataConfig, root: Path) -> dict:
                     ds.clear_episode_buffer()
                 bar.update(1)
                 bar.set_postfix(task=_slug(task), success=f"{counts['successful']}/{counts['attempted']}")
-        ds.finalize()
     finally:
+        ds.finalize()  # also on errors: closes LeRobot's writers (the partial copy is discarded)
         bar.close()
         for env in envs:
             env.close()

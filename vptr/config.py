@@ -140,8 +140,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is Path and isinstance(value, str):
-        return Path(value)
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise ConfigError(f"{where}: expected a path (string), got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):  # bool is an int subclass
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         if isinstance(value, str):
             try:
@@ -196,8 +200,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
 
 
 def config_from_namespace(cls: type[C], ns: argparse.Namespace,
@@ -248,7 +254,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def config_hash(cfg: Any, length: int = 10, exclude: tuple[str, ...] = ()) -> str:
     """Stable short hash of a config or dict (keys sorted), used to key cached outputs."""
     d = dict(to_dict(cfg))
-    for key in exclude:
-        d.pop(key, None)
+    for key in exclude:  # dotted keys reach into nested configs
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

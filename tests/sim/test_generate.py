@@ -116,6 +116,25 @@ def test_interrupted_generation_never_looks_complete(tmp_path, monkeypatch):
     assert not out.with_name(out.name + ".partial").exists()
 
 
+def test_concurrent_generation_of_one_config(tmp_path):
+    """Two processes asking for the same data: one builds, the other reuses it."""
+    code = ("import sys; from sim.generate import VideoDataConfig, generate_video; "
+            "cfg = VideoDataConfig(tasks=('vptr/Reach-v0',), episodes_per_task=3, image_size=32, "
+            "data_dir=sys.argv[1]); out, rec = generate_video(cfg, log=print); "
+            "print('OUT', out, rec['stats']['videos'])")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    lines = [next(ln for ln in o[0].splitlines() if ln.startswith("OUT")) for o in outs]
+    assert lines[0] == lines[1]
+    out = tmp_path / "video" / lines[0].split()[1].split("/video/")[1]
+    assert cached(out) is not None
+    assert not list(out.parent.glob("*.partial*"))
+    with (out / "manifest.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == int(lines[0].split()[2])
+
+
 def test_config_validation():
     with pytest.raises(ConfigError, match="unknown task id 'vptr/Nope-v0'"):
         RobotDataConfig(tasks=("vptr/Nope-v0",))
@@ -123,6 +142,8 @@ def test_config_validation():
         VideoDataConfig(episodes_per_task=0)
     with pytest.raises(ConfigError, match=r"domain_shift must be in \[0, 1\], got 1.5"):
         VideoDataConfig(domain_shift=1.5)
+    with pytest.raises(ConfigError, match="image_size must be even"):
+        VideoDataConfig(image_size=33)
 
 
 def test_unwritable_output_dir(tmp_path):

@@ -79,6 +79,22 @@ def test_bad_values_are_rejected_with_the_name(tmp_path, capsys):
         parse([], tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="expected int"):
         build_config(Outer, {"steps": "x"})
+    with pytest.raises(ConfigError, match="expected int, got True"):
+        build_config(Outer, {"steps": True})
+    with pytest.raises(ConfigError, match="expected a path"):
+        build_config(Outer, {"out": 5})
+    with pytest.raises(ConfigError, match="cannot read"):
+        parse([], tmp_path)  # a directory
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"lr = 1 # \xe9\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse([], bad)
+
+
+def test_hash_excludes_dotted_keys():
+    a, b = Outer(inner=Inner(width=1)), Outer(inner=Inner(width=2))
+    assert config_hash(a) != config_hash(b)
+    assert config_hash(a, exclude=("inner.width",)) == config_hash(b, exclude=("inner.width",))
 
 
 def test_hash_is_stable_and_sensitive():

@@ -56,11 +56,9 @@ def load_run(run: Path):
     latest = checkpoint.latest(run)
     if latest is None:
         raise DataError(f"{run}: has no complete checkpoint yet")
-    image_size = int(values["source"]["size"])
-    nets, objective = build_nets(cfg, image_size)
-    checkpoint.load(latest, {"nets": nets}, restore_rng=False)
-    state = json.loads((latest / "state.json").read_text())
-    return cfg, nets.eval(), objective, int(state["step"]), image_size
+    nets, objective = build_nets(cfg, cfg.source.size)
+    state = checkpoint.load(latest, {"nets": nets}, restore_rng=False)
+    return cfg, nets.eval(), objective, int(state["step"]), cfg.source.size
 
 
 def evaluate_run(cfg: EvaluateValuesConfig, log=print) -> dict[str, Any]:

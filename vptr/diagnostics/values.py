@@ -82,6 +82,9 @@ class ValueReport:
 def evaluate_values(name: str, value: ValueFn, trajectories: Sequence[np.ndarray],
                     gamma: float, stack: int = 1) -> ValueReport:
     rhos, spreads, goals, stds, curves, ranges = [], [], [], [], [], []
+    trajectories = [t for t in trajectories if len(t) >= 2]  # a 1-frame one has no range
+    if not trajectories:
+        raise ValueError(f"{name}: no held-out trajectory has 2 or more frames")
     for frames in trajectories:
         v = trajectory_values(value, frames, stack)
         curves.append(v)

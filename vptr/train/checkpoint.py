@@ -27,19 +27,28 @@ from safetensors.torch import load_file, save_file
 from vptr.errors import DataError
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def state_dict_to_safetensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """Flatten named modules into one tensor dict (``<module>.<param>``), contiguous, CPU."""
+    """Flatten named modules into one tensor dict (``<module>.<param>``, or ``<param>`` for
+    the name ""), contiguous, on the CPU."""
     out = {}
     for name, module in modules.items():
+        prefix = f"{name}." if name else ""
         for k, v in module.state_dict().items():
-            out[f"{name}.{k}"] = v.detach().to("cpu").contiguous().clone()
+            out[prefix + k] = v.detach().to("cpu").contiguous().clone()
     return out
+
+
+def save_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Write modules' weights to a safetensors file atomically."""
+    tmp = Path(path).with_name(Path(path).name + f".tmp{os.getpid()}")
+    save_file(state_dict_to_safetensors(modules), str(tmp))
+    os.replace(tmp, path)
 
 
 def load_modules(path: Path, modules: dict[str, torch.nn.Module], strict: bool = True) -> None:
@@ -75,20 +84,25 @@ def save(run_dir: Path, step: int, modules: dict[str, torch.nn.Module],
     """Write checkpoint ``step`` atomically and keep the newest ``keep`` of them."""
     ckdir = Path(run_dir) / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
+    for stale in ckdir.glob(".step_*.tmp*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     name = f"step_{step:07d}"
     final = ckdir / name
     tmp = ckdir / f".{name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(state_dict_to_safetensors(modules), str(tmp / "model.safetensors"))
     torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizer.pt")
     # numpy/python RNG states are tuples of plain values: fine for weights_only loading
     torch.save(_rng_to_plain(rng_state()), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _atomic_write_text(ckdir / "latest", name)
+    if final.exists():  # move the old copy aside first: `final` never goes missing
+        old = ckdir / f".{name}.tmp{os.getpid()}-old"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    atomic_write_text(ckdir / "latest", name)
     for old in sorted(p for p in ckdir.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -118,11 +132,14 @@ def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
     ckdir = Path(run_dir) / "checkpoints"
     try:
-        name = (ckdir / "latest").read_text().strip()
+        path = ckdir / (ckdir / "latest").read_text().strip()
+        if (path / "state.json").exists():
+            return path
     except OSError:
-        return None
-    path = ckdir / name
-    return path if (path / "state.json").exists() else None
+        pass
+    # no pointer, or it names a missing checkpoint: the newest complete one
+    complete = sorted(p for p in ckdir.glob("step_*") if (p / "state.json").exists())
+    return complete[-1] if complete else None
 
 
 def load(path: Path, modules: dict[str, torch.nn.Module],
@@ -140,5 +157,13 @@ def load(path: Path, modules: dict[str, torch.nn.Module],
         for k, opt in optimizers.items():
             opt.load_state_dict(opt_states[k])
     if restore_rng:
-        set_rng_state(_rng_from_plain(torch.load(path / "rng.pt", weights_only=True)))
+        load_rng(path)
     return state
+
+
+def load_rng(path: Path, offset: int = 0) -> None:
+    """Restore the RNG state saved with a checkpoint. ``offset`` > 0 (other ranks of a
+    distributed run) then derives a distinct but deterministic torch stream."""
+    set_rng_state(_rng_from_plain(torch.load(Path(path) / "rng.pt", weights_only=True)))
+    if offset:
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + offset)

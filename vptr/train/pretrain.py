@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -109,6 +108,7 @@ class PretrainConfig:
             raise ConfigError(f"lr must be >= 0, got {self.lr}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        distributed.check_device(self.device)
         if self.amp != "off" and not self.device.startswith(("cuda", "auto")):
             raise ConfigError(f"amp={self.amp} needs a GPU device, got device={self.device}")
         parse_eval_data(self.eval_data)
@@ -133,7 +133,8 @@ class PretrainConfig:
 # options that do not change what is learned (so changing them resumes the same run)
 _NOT_IN_HASH = ("out_dir", "run_name", "log_every", "checkpoint_every", "eval_every",
                 "eval_episodes", "eval_data", "num_workers", "progress", "threads", "steps",
-                "device", "compile")
+                "device", "compile", "source.progress", "source.decode_workers",
+                "source.decode_pool", "source.cache_dir", "source.rebuild_cache")
 
 
 def parse_eval_data(specs: tuple[str, ...]) -> dict[str, str]:
@@ -156,8 +157,9 @@ def parse_eval_data(specs: tuple[str, ...]) -> dict[str, str]:
 class LossModule(nn.Module):
     """Wraps ``loss_fn(nets, target_nets, batch, cfg)`` as a module so that
     DistributedDataParallel sees a forward (its gradient hooks need one) and
-    ``torch.compile`` has one graph. The target network is not a submodule of the
-    trainable part (DDP must not treat it as trainable) but is kept for device moves."""
+    ``torch.compile`` has one graph. The target network is deliberately not a submodule
+    (DDP must not see it as trainable, and ``.to()`` does not move it: build the target
+    after moving ``nets``)."""
 
     def __init__(self, nets: nn.Module, target: nn.Module | None, loss_fn, cfg: Any):
         super().__init__()
@@ -204,12 +206,11 @@ def _autocast(cfg: PretrainConfig, device: torch.device):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def open_eval_sets(cfg: PretrainConfig, train_store) -> dict[str, Any]:
+def open_eval_sets(cfg: PretrainConfig) -> dict[str, Any]:
     from vptr.data import open_video_source
 
-    sets = {name: open_video_source(path, cfg.source)
+    return {name: open_video_source(path, cfg.source)
             for name, path in parse_eval_data(cfg.eval_data).items()}
-    return sets
 
 
 def eval_trajectories(store, n: int) -> list[np.ndarray]:
@@ -276,20 +277,15 @@ def run_diagnostics(cfg: PretrainConfig, objective, nets: nn.Module, eval_sets: 
 def export_encoder(cfg: PretrainConfig, nets: nn.Module, image_size: int, step: int,
                    run_dir: Path, extra: dict[str, Any] | None = None) -> Path:
     """``<run>/encoder/{model.safetensors, config.json}``: the downstream encoder contract."""
-    from safetensors.torch import save_file
-
     out = run_dir / "encoder"
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in nets.encoder.state_dict().items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / "model.safetensors")
+    checkpoint.save_weights(out / "model.safetensors", {"": nets.encoder})
     meta = {"format": "vptr-encoder/1", "encoder": cfg.encoder,
             "in_channels": 3 * cfg.sampler.frame_stack, "frame_stack": cfg.sampler.frame_stack,
             "image_size": image_size, "out_dim": int(nets.encoder.out_dim),
             "objective": cfg.objective, "step": step, "input": "uint8 RGB (B, 3*stack, H, W)",
             **(extra or {})}
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    checkpoint.atomic_write_text(out / "config.json", json.dumps(meta, indent=2))
     return out
 
 
@@ -311,9 +307,9 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     if info.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         except OSError as e:
-            raise DataError(f"{run_dir}: cannot create the run directory ({e.strerror})") from None
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+            raise DataError(f"{run_dir}: cannot write the run directory ({e.strerror})") from None
 
     # Data: rank 0 decodes into the cache first, the others then open it.
     if info.is_main:
@@ -326,13 +322,17 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         train_store, val_store = store.split(cfg.val_fraction, seed=cfg.seed)
         eval_sets["val"] = val_store
     if info.is_main:
-        eval_sets.update(open_eval_sets(cfg, train_store))
+        eval_sets.update(open_eval_sets(cfg))
+    # every rank must take the same branches around barriers: decide from the config
+    has_eval = bool(cfg.eval_data) or cfg.val_fraction > 0
     image_size = int(train_store.image_size[0])
 
     _seed_all(cfg.seed)
     nets, objective = build_nets(cfg, image_size)
     nets.to(info.device)
     target = make_target(nets) if cfg.objective_cfg.target_rate > 0 else None
+    if info.rank:  # same initial weights everywhere, independent random draws per rank
+        torch.manual_seed(cfg.seed + 7919 * info.rank)
     trainable = is_trainable(nets)
     batch_size = cfg.resolved_batch_size()
     opt = None
@@ -347,27 +347,25 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
         module = DDP(module, device_ids=[info.device] if info.device.type == "cuda" else None)
     if cfg.compile:
         module = torch.compile(module)
-    scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and info.device.type == "cuda") else None
+    use_scaler = cfg.amp == "fp16" and info.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     modules = {"nets": nets} | ({"target": target} if target is not None else {})
-    optimizers = {"adam": opt} if opt is not None else {}
+    # everything with state_dict()/load_state_dict() that a resume needs besides weights
+    optimizers: dict[str, Any] = {"adam": opt} if opt is not None else {}
+    if scaler is not None:
+        optimizers["grad_scaler"] = scaler
     latest = checkpoint.latest(run_dir)
-    start, batches = 0, None
-    loader = make_loader(train_store, cfg.sampler, batch_size, seed=cfg.seed,
-                         start_step=0, num_workers=cfg.num_workers, rank=info.rank)
+    state = checkpoint.load(latest, modules, optimizers, restore_rng=False) if latest else {}
+    start = int(state.get("data_step", 0))
+    # Create the batch iterator before restoring the RNG state: the DataLoader iterator
+    # draws a seed from the global RNG, and the uninterrupted run drew it at step 0.
+    batches = iter(make_loader(train_store, cfg.sampler, batch_size, seed=cfg.seed,
+                               start_step=start, num_workers=cfg.num_workers, rank=info.rank))
     if latest is not None:
-        # Create the batch iterator before restoring RNG state: DataLoader draws worker
-        # seeds from the global RNG, and the uninterrupted run drew them at step 0.
-        state = checkpoint.load(latest, modules, optimizers, restore_rng=False)
-        start = int(state["data_step"])
-        loader = make_loader(train_store, cfg.sampler, batch_size, seed=cfg.seed,
-                             start_step=start, num_workers=cfg.num_workers, rank=info.rank)
-        batches = iter(loader)
-        checkpoint.load(latest, {}, None, restore_rng=True)
+        checkpoint.load_rng(latest, offset=info.rank)
         if info.is_main:
             print(f"resuming {run_dir} from {latest.name} (step {start})")
-    else:
-        batches = iter(loader)
 
     writer = None
     if info.is_main:
@@ -382,7 +380,8 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     rate = float(cfg.objective_cfg.target_rate)
     step, t0, metrics_acc, n_acc = start, time.time(), {}, 0
     diagnostics: dict[str, Any] = {}
-    history: list[tuple[int, float]] = []  # (step, mean loss since the previous log)
+    # (step, mean loss since the previous log), continued across resumes
+    history: list[tuple[int, float]] = _read_history(run_dir, start) if info.is_main else []
     try:
         while step < cfg.steps:
             if stop_after is not None and step - start >= stop_after:
@@ -422,16 +421,16 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
                 metrics_acc, n_acc, t0 = {}, 0, time.time()
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 _checkpoint(info, run_dir, step, modules, optimizers, cfg)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and eval_sets:
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and has_eval:
                 if info.is_main:
                     diagnostics = run_diagnostics(cfg, objective, nets, eval_sets, info.device,
                                                   run_dir / "values", step, writer)
                 distributed.barrier(info)
-        _checkpoint(info, run_dir, step, modules, optimizers, cfg)
+        if step > start:  # a rerun of a finished run has nothing new to save
+            _checkpoint(info, run_dir, step, modules, optimizers, cfg)
         result: dict[str, Any] = {"step": step, "run_dir": str(run_dir), "history": history}
         if info.is_main:
             (run_dir / "history.json").write_text(json.dumps(history))
-        if info.is_main:
             if eval_sets:
                 diagnostics = run_diagnostics(cfg, objective, nets, eval_sets, info.device,
                                               run_dir / "values", step, writer)
@@ -447,6 +446,14 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             writer.close()
         del batches  # stops loader workers before the process group goes away
         distributed.shutdown(info)
+
+
+def _read_history(run_dir: Path, start: int) -> list[tuple[int, float]]:
+    try:
+        old = json.loads((run_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [(int(s), float(v)) for s, v in old if int(s) <= start]
 
 
 def _checkpoint(info, run_dir, step, modules, optimizers, cfg) -> None:

@@ -38,16 +38,17 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(square_videos, tmp_path):
+@pytest.mark.parametrize("objective", ["icvf", "tdjepa"])  # tdjepa draws random z: RNG restore
+def test_sigkill_then_resume_matches_uninterrupted(square_videos, tmp_path, objective):
     cache = tmp_path / "cache"
     steps = 15
+    extra = ("--run-name", "r", "--batch-size", "8")
     # uninterrupted reference
-    ref = run_cli(tiny_args(square_videos, tmp_path / "ref", cache, steps,
-                            extra=("--run-name", "r")))
+    ref = run_cli(tiny_args(square_videos, tmp_path / "ref", cache, steps, objective, extra))
     out, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err
     # interrupted: SIGKILL once a mid-way checkpoint exists, then rerun the same command
-    args = tiny_args(square_videos, tmp_path / "killed", cache, steps, extra=("--run-name", "r"))
+    args = tiny_args(square_videos, tmp_path / "killed", cache, steps, objective, extra)
     proc = run_cli(args)
     ckdir = tmp_path / "killed" / "r" / "checkpoints"
     deadline = time.time() + 300
@@ -74,8 +75,11 @@ def test_sigkill_then_resume_matches_uninterrupted(square_videos, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes(square_videos, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
+    # eval data only exists on rank 0: the periodic diagnostics must not desynchronise ranks
     args = tiny_args(square_videos, tmp_path / "ddp", tmp_path / "cache", steps=60,
-                     objective="vip", extra=("--run-name", "d", "--num-workers", "0"))
+                     objective="vip", extra=("--run-name", "d", "--num-workers", "0",
+                                             "--eval-data", f"sq={square_videos}",
+                                             "--eval-every", "30", "--eval-episodes", "2"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533",
                         "-m", "vptr.cli", "pretrain", *args], capture_output=True, text=True,
@@ -90,6 +94,7 @@ def test_torchrun_two_processes(square_videos, tmp_path):
 
     cfg, nets, objective, step, size = load_run(run)
     assert step == 60 and cfg.objective == "vip"
+    assert (run / "values" / "sq_step0000030.png").exists()
     with torch.no_grad():
         v = objective.value_fn(nets, torch.zeros(2, 3, 16, 16, dtype=torch.uint8),
                                torch.zeros(2, 3, 16, 16, dtype=torch.uint8))

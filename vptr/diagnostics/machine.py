@@ -1,4 +1,4 @@
-"""One line describing the machine a benchmark ran on (printed with every table)."""
+"""One line describing the machine a benchmark or report ran on."""
 
 from __future__ import annotations
 
@@ -34,10 +34,3 @@ def describe() -> str:
         gl += f", LP_NUM_THREADS={os.environ['LP_NUM_THREADS']}"
     return (f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}, {', '.join(versions)}, MUJOCO_GL={gl}")
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    """A plain-text (markdown-compatible) table."""
-    from vptr.diagnostics.table import format_table
-
-    return format_table(headers, rows)
