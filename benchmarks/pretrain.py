@@ -20,6 +20,7 @@ import os
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
@@ -116,10 +117,12 @@ def main() -> None:
     results = []
     ctx = mp.get_context("spawn")
     for name, encoder, size in CONFIGS:
-        with ctx.Pool(1) as pool:
-            results.append(pool.apply(measure, ((name, encoder, size, data, args.steps,
+        # a fresh process per config (its own peak RSS); not a Pool: daemonic pool workers
+        # cannot start data-loader workers
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            results.append(pool.submit(measure, (name, encoder, size, data, args.steps,
                                                  args.warmup, args.workers, args.threads,
-                                                 args.cache_dir),)))
+                                                 args.cache_dir)).result())
     rows = [[r["name"], f"{r['size']}x{r['size']}", r["batch"], f"{r['steps_per_s']:.2f}",
              f"{r['frames_per_s']:,.0f}", f"{r['encoded_per_s']:,.0f}",
              f"{r['loader_batches_per_s']:.1f}", f"{r['loader_ratio']:.1f}x",

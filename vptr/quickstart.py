@@ -35,7 +35,7 @@ class QuickstartConfig:
     eval_episodes: int = helpfield(5, "held-out videos per task, for each of hand and arm")
     image_size: int = helpfield(64, "image size for all generated data")
     seed: int = helpfield(0, "base seed")
-    pretrain_config: Path = helpfield(CONFIGS / "pretrain" / "quickstart.toml",
+    pretrain_config: Path = helpfield(CONFIGS / "pretrain" / "icvf_reduced.toml",
                                       "pretraining options (TOML of PretrainConfig fields)")
     pretrain_steps: int = helpfield(0, "override the pretraining steps (0 = the config's)")
     out_dir: Path = helpfield(Path("runs/quickstart"), "where runs are written")
