@@ -81,7 +81,7 @@ def test_torchrun_two_processes(square_videos, tmp_path):
                                              "--eval-data", f"sq={square_videos}",
                                              "--eval-every", "30", "--eval-episodes", "2"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533",
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
                         "-m", "vptr.cli", "pretrain", *args], capture_output=True, text=True,
                        timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
