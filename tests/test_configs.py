@@ -1,0 +1,26 @@
+"""Every shipped config in configs/ parses into its typed config (no stale keys)."""
+
+from pathlib import Path
+
+import pytest
+
+from vptr.config import build_config, flatten, load_toml
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.toml")), ids=lambda p: p.name)
+def test_config_parses(path):
+    from sim.generate import RobotDataConfig, VideoDataConfig
+    from vptr.train.pretrain import PretrainConfig
+
+    values = flatten(load_toml(path))
+    if path.parent.name == "pretrain":
+        cfg = build_config(PretrainConfig, {"data": "videos/", **values}, where=str(path))
+        assert cfg.objective in path.name
+    elif path.name.startswith("robot"):
+        build_config(RobotDataConfig, values, where=str(path))
+    elif path.name.startswith("video"):
+        build_config(VideoDataConfig, values, where=str(path))
+    else:
+        pytest.fail(f"{path}: no config class is known for this file")
