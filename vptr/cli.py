@@ -78,9 +78,18 @@ def _add_leaf(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="vptr", description=__doc__.split("\n\n")[0] + " Robot "
-                            "learning from video: generate data, pretrain, fine-tune, "
-                            "evaluate, export, deploy.")
+    parser = ArgumentParser(
+        prog="vptr", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="vptr: robot learning from video.\n"
+                    "Generate robot demonstrations and action-free video in simulation,\n"
+                    "pretrain encoders and values by TD learning on video, and score them.",
+        epilog="examples:\n"
+               "  vptr quickstart\n"
+               "  vptr generate video --embodiment hand --domain-shift 0.5\n"
+               "  vptr pretrain --data data/video/<name> --objective icvf --eval-data "
+               "hand=<held-out>\n"
+               "  vptr evaluate-values --run runs/pretrain/<run>\n"
+               "Every command takes --help and --config FILE.toml.")
     from vptr import __version__
 
     parser.add_argument("--version", action="version", version=f"vptr {__version__}")
