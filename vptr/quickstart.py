@@ -106,7 +106,8 @@ def run(cfg: QuickstartConfig) -> int:
               f"{pcfg.source.size}x{pcfg.source.size}, {pcfg.steps} steps) on {paths['video']}")
         result = train(pcfg)
         print(f"pretrained in {time.time() - t:.0f}s -> {result['run_dir']}")
-        evaluate_run(EvaluateValuesConfig(run=Path(result["run_dir"]),
-                                          episodes=cfg.eval_episodes * 4, untrained_seeds=3))
+        held_out = cfg.eval_episodes * len(cfgs["eval_hand"].tasks)  # all of them
+        evaluate_run(EvaluateValuesConfig(run=Path(result["run_dir"]), episodes=held_out,
+                                          untrained_seeds=3))
     print(f"\nquickstart finished in {time.time() - start:.1f}s")
     return 0
