@@ -48,3 +48,15 @@ def write_video_folder(root, n: int, size: int = 32, length: tuple[int, int] = (
 def square_videos(tmp_path_factory):
     """16 tiny synthetic videos (32x32, 12-23 frames)."""
     return write_video_folder(tmp_path_factory.mktemp("square_videos"), 16)
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: on shared 2-core machines two OpenMP threads competing with
+    other processes made small training steps 30-60x slower (spin-waiting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
