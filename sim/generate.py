@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vptr.config import config_hash, helpfield, to_dict
-from vptr.errors import ConfigError, DataError
+from vptr.errors import ConfigError, DataError, unknown
 
 MARKER = "vptr_generation.json"
 # reach is left out: its episodes are ~5 frames, too short to show progress to a goal
@@ -129,8 +129,6 @@ def _check_common(tasks, episodes, noise, image_size) -> None:
         raise ConfigError("tasks: at least one task id is required")
     for t in tasks:
         if t not in sim.ENV_IDS:
-            from vptr.errors import unknown
-
             raise unknown("task id", t, sim.ENV_IDS)
     if episodes <= 0:
         raise ConfigError(f"episodes_per_task must be > 0, got {episodes}")

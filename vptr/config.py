@@ -125,6 +125,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return None
         raise ConfigError(f"{where}: a value is required")
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return build_config(tp, value, where=where)
@@ -179,12 +181,7 @@ def build_config(cls: type[C], values: dict[str, Any] | None = None, where: str 
                           f"valid: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in nested.items():
-        sub_where = f"{where}.{name}" if where else name
-        tp, _ = _unwrap_optional(hints[name])
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = build_config(tp, value, where=sub_where)
-        kwargs[name] = _coerce(hints[name], value, sub_where) if not dataclasses.is_dataclass(
-            value) else value
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
     except ConfigError:
