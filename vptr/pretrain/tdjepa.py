@@ -11,13 +11,20 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
 * intention z = ψ̄(s_z) projected to the √d sphere for an intention frame s_z of the batch,
   or a random Gaussian direction (probability ``random_z_ratio``);
 * predictor ensemble T_k(φ(s), z) -> R^{dψ}, k = 1..K, averaged for targets;
-* TD target ``y = ψ̄(s') + γ · mask_z · T̄(φ̄(s'), z)`` (mask_z = 0 when s is s_z; 1 for
-  random z), all barred quantities from the Polyak target network under no_grad;
+* TD target ``y = ψ̄(s_c) + γ · mask_z · T̄(φ̄(s'), z)`` (mask_z = 0 when s is s_z; 1 for
+  random z), all barred quantities from the Polyak target network under no_grad. s_c is
+  where the features start counting (``sf_start``): ``"next"`` (s_c = s') is the form
+  written in TD-JEPA; ``"current"`` (s_c = s, Dayan's successor representation) collects
+  the goal indicator ψ(s)ᵀz/d in s itself, exactly like ICVF's reward r(s, s_z), so that
+  with goal-indicator features V(s, z)/d = γ^τ for a goal τ steps away and V(s_z, z)/d = 1
+  — with ``"next"`` the masked step at s_z still counts the frame after the goal, so
+  V(s_z) < V(s_{z-1}) and the value is not monotone at the goal;
 * intention weighting as in ICVF with the successor-feature value V(s, z) = T(φ(s), z)ᵀz:
-  ``A = ψ̄(s')ᵀz + γ · mask_z · V̄(s', z) - V̄(s, z)`` and weight τ if A >= 0 else 1 - τ.
+  ``A = ψ̄(s_c)ᵀz + γ · mask_z · V̄(s', z) - V̄(s, z)`` and weight τ if A >= 0 else 1 - τ.
   τ = 0.5 gives the behaviour policy's successor features (a TD version of BYOL-γ);
-* optional second predictor T_ψ(ψ(s), z) -> R^{dφ} with target ``φ̄(s') + γ mask_z T̄_ψ(ψ̄(s'), z)``
-  (TD-JEPA's default "asymmetric" model trains both directions);
+* optional second predictor T_ψ(ψ(s), z) -> R^{dφ} with target
+  ``φ̄(s_c) + γ mask_z T̄_ψ(ψ̄(s'), z)`` (TD-JEPA's default "asymmetric" model trains both
+  directions);
 * anti-collapse: ``Orth(E) = -mean diag(EEᵀ) + ½ Σ_{i≠j} (EEᵀ)²_ij / (B(B-1))`` on φ(s) and
   ψ(s) with coefficient ``orth_coef``, √d normalisation, stop-gradient EMA targets and
   orthogonal initialisation of heads and predictors (as TD-JEPA's ``weight_init``).
@@ -47,6 +54,7 @@ from vptr.config import helpfield
 from vptr.errors import ConfigError, DataError
 from vptr.nets.mlp import make_mlp
 from vptr.pretrain.common import (
+    INDEX_KEYS,
     Batch,
     encode_unique,
     expectile_weight,
@@ -57,6 +65,7 @@ from vptr.pretrain.common import (
 )
 
 PREFIX = "tdjepa"
+SF_STARTS = ("current", "next")
 
 
 @dataclass
@@ -73,8 +82,16 @@ class TDJEPAConfig:
                                 "'action' / 'next_action' of this width (flattened chunk)")
     discount: float = helpfield(0.98, "γ of the successor features (TD-JEPA: 0.98-0.99)")
     expectile: float = helpfield(0.9, "τ of the intention weighting (0.5: behaviour SFs)")
+    sf_start: str = helpfield("current", "where the successor features start counting: "
+                              "'current' = ψ(s) + γ ψ(s') + ... (the goal indicator collected "
+                              "in s, as ICVF's reward; V maps exactly to time-to-goal); 'next' = "
+                              "ψ(s') + γ ψ(s'') + ... (TD-JEPA's written form)")
     random_z_ratio: float = helpfield(0.5, "fraction of samples whose z is a random direction "
                                       "instead of ψ(intent)")
+    orth_frames: tuple[str, ...] = helpfield(
+        ("obs",), "batch images whose φ(s) and ψ(s) enter the orthonormality term (each "
+        "distinct frame once); adding 'intent' puts later frames of the same trajectory in "
+        "it, which decorrelates the features along time (costs one more online encoding)")
     orth_coef: float = helpfield(1.0, "orthonormality regulariser weight (TD-JEPA: 0.1 DMC, "
                                  "1 OGBench)")
     dedup: bool = helpfield(True, "encode each distinct frame once (by *_index keys)")
@@ -87,6 +104,11 @@ class TDJEPAConfig:
     def __post_init__(self) -> None:
         self.head_hidden_dims = tuple(self.head_hidden_dims)
         self.predictor_hidden_dims = tuple(self.predictor_hidden_dims)
+        self.orth_frames = tuple(dict.fromkeys(self.orth_frames))
+        if not self.orth_frames or self.orth_frames[0] != "obs" or \
+                not set(self.orth_frames) <= set(INDEX_KEYS):
+            raise ConfigError(f"tdjepa.orth_frames must start with 'obs' and name batch images "
+                              f"({', '.join(INDEX_KEYS)}), got {self.orth_frames}")
         if self.phi_dim < 1 or self.psi_dim < 1:
             raise ConfigError(f"tdjepa.phi_dim / psi_dim must be >= 1, got {self.phi_dim}, "
                               f"{self.psi_dim}")
@@ -99,6 +121,9 @@ class TDJEPAConfig:
             raise ConfigError(f"tdjepa.action_dim must be >= 0, got {self.action_dim}")
         if not 0.0 <= self.discount < 1.0:
             raise ConfigError(f"tdjepa.discount must be in [0, 1), got {self.discount}")
+        if self.sf_start not in SF_STARTS:
+            raise ConfigError(f"tdjepa.sf_start must be one of {', '.join(SF_STARTS)}, got "
+                              f"{self.sf_start!r}")
         if not 0.0 < self.expectile < 1.0:
             raise ConfigError(f"tdjepa.expectile must be in (0, 1), got {self.expectile}")
         if not 0.0 <= self.random_z_ratio <= 1.0:
@@ -134,6 +159,8 @@ class TDJEPANets(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.action_dim = cfg.action_dim
+        self.discount = cfg.discount
+        self.sf_start = cfg.sf_start
         self.phi_head = make_mlp(encoder.out_dim, (*cfg.head_hidden_dims, cfg.phi_dim),
                                  layer_norm=True, init="orthogonal")
         self.psi_head = make_mlp(encoder.out_dim, (*cfg.head_hidden_dims, cfg.psi_dim),
@@ -177,6 +204,27 @@ def sample_z(psi_intent: torch.Tensor, random_z_ratio: float) -> tuple[torch.Ten
     return z, is_random
 
 
+def _encode_orth_frames(nets: TDJEPANets, batch: Batch, cfg: TDJEPAConfig) -> torch.Tensor:
+    """Online trunk features of the ``orth_frames`` images, concatenated (obs first)."""
+    if len(cfg.orth_frames) == 1:
+        return nets.encoder(batch["obs"])
+    feats = encode_unique(nets.encoder, batch, cfg.orth_frames, cfg.dedup)
+    return torch.cat([feats[k] for k in cfg.orth_frames])
+
+
+def _distinct_rows(batch: Batch, keys: tuple[str, ...], n_rows: int) -> torch.Tensor:
+    """Rows of the concatenated ``keys`` images that hold each distinct frame once (two
+    copies of one frame would make a fixed off-diagonal term in the orthonormality loss)."""
+    if len(keys) == 1 or not all(INDEX_KEYS[k] in batch for k in keys):
+        return torch.arange(n_rows, device=batch["obs"].device)
+    idx = torch.cat([batch[INDEX_KEYS[k]].reshape(-1) for k in keys])
+    _, inverse = torch.unique(idx, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), idx.numel(), dtype=torch.long,
+                       device=idx.device)
+    first.scatter_reduce_(0, inverse, torch.arange(idx.numel(), device=idx.device), reduce="amin")
+    return first
+
+
 def loss_fn(nets: TDJEPANets, target_nets: TDJEPANets, batch: Batch,
             cfg: TDJEPAConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     require_keys(batch, ("obs", "next_obs", "intent", "intent_reached"), PREFIX)
@@ -184,10 +232,15 @@ def loss_fn(nets: TDJEPANets, target_nets: TDJEPANets, batch: Batch,
     weighted = action is None  # intention weighting only in the action-free form
 
     with torch.no_grad():
-        keys = ("obs", "next_obs", "intent") if weighted else ("next_obs", "intent")
+        current = cfg.sf_start == "current"
+        keys = ("obs", "next_obs", "intent") if weighted or current else ("next_obs", "intent")
         tf = encode_unique(target_nets.encoder, batch, keys, cfg.dedup)
         phi_next, psi_next = target_nets.phi_psi(tf["next_obs"])
         _, psi_intent = target_nets.phi_psi(tf["intent"])
+        if "obs" in tf:
+            phi_s_bar, psi_s_bar = target_nets.phi_psi(tf["obs"])
+        # the features counted first: those of s ("current") or of s' ("next")
+        phi_c, psi_c = (phi_s_bar, psi_s_bar) if current else (phi_next, psi_next)
         z, is_random = sample_z(psi_intent, cfg.random_z_ratio)
         if action is not None:  # actions arrive in the dataset's dtype
             action, next_action = action.to(z.dtype), next_action.to(z.dtype)
@@ -195,27 +248,29 @@ def loss_fn(nets: TDJEPANets, target_nets: TDJEPANets, batch: Batch,
         reached_z = batch["intent_reached"].to(z.dtype)
         mask_z = torch.where(is_random, torch.ones_like(reached_z), 1.0 - reached_z)
         t_next = target_nets.T_phi(phi_next, z, next_action).mean(0)  # (B, dψ)
-        y_phi = psi_next + cfg.discount * mask_z[:, None] * t_next
+        y_phi = psi_c + cfg.discount * mask_z[:, None] * t_next
         if weighted:
-            phi_s_bar, _ = target_nets.phi_psi(tf["obs"])
             v_next = (t_next * z).sum(-1)
             v_s = (target_nets.T_phi(phi_s_bar, z).mean(0) * z).sum(-1)
-            adv = (psi_next * z).sum(-1) + cfg.discount * mask_z * v_next - v_s
+            adv = (psi_c * z).sum(-1) + cfg.discount * mask_z * v_next - v_s
             weight = expectile_weight(adv, cfg.expectile)
         else:
             weight = torch.ones_like(mask_z)
         if nets.T_psi is not None:
             t_psi_next = target_nets.T_psi(psi_next, z, next_action).mean(0)  # (B, dφ)
-            y_psi = phi_next + cfg.discount * mask_z[:, None] * t_psi_next
+            y_psi = phi_c + cfg.discount * mask_z[:, None] * t_psi_next
 
-    phi, psi = nets.phi_psi(nets.encoder(batch["obs"]))
+    phi_all, psi_all = nets.phi_psi(_encode_orth_frames(nets, batch, cfg))
+    n = batch["obs"].shape[0]
+    phi, psi = phi_all[:n], psi_all[:n]
     pred_phi = nets.T_phi(phi, z, action)  # (K, B, dψ)
     td_phi = (weight * (pred_phi - y_phi).pow(2).sum(-1)).mean()
     td_psi = torch.zeros((), device=phi.device)
     if nets.T_psi is not None:
         td_psi = (weight * (nets.T_psi(psi, z, action) - y_psi).pow(2).sum(-1)).mean()
-    orth_phi, orth_phi_diag, orth_phi_off = orth_loss(phi)
-    orth_psi, _, orth_psi_off = orth_loss(psi)
+    rows = _distinct_rows(batch, cfg.orth_frames, phi_all.shape[0])
+    orth_phi, orth_phi_diag, orth_phi_off = orth_loss(phi_all[rows])
+    orth_psi, _, orth_psi_off = orth_loss(psi_all[rows])
     loss = td_phi + td_psi + cfg.orth_coef * (orth_phi + orth_psi)
 
     with torch.no_grad():
@@ -231,19 +286,16 @@ def loss_fn(nets: TDJEPANets, target_nets: TDJEPANets, batch: Batch,
     return loss, metrics
 
 
-def value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
-          intent: torch.Tensor | None = None, action: torch.Tensor | None = None) -> torch.Tensor:
-    """Successor-feature value of reaching ``goal`` from ``obs``.
+def sf_value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
+             intent: torch.Tensor | None = None,
+             action: torch.Tensor | None = None) -> torch.Tensor:
+    """Successor-feature value of ``goal`` from ``obs``, in units of discounted goal visits.
 
-    Without an intention: V(s, g) = T(φ(s), z)ᵀ z with z = ψ(g) on the √d sphere. With an
-    intention frame: T(φ(s), ψ(s_z))ᵀ ψ(g), the predicted discounted visitation of g's
-    features while acting on s_z (the analogue of ICVF's V(s, s+, z)). The
-    action-conditioned model needs ``action`` (then this is Q(s, a, z)).
-
-    The result is divided by ψ's dimension d, so that the per-step "reward" ψ(s)ᵀψ(g)/d is
-    the cosine similarity to the goal's features (1 at the goal): V is then in units of
-    discounted goal visits, bounded by 1/(1-γ) like the ICVF time-to-goal scale, which
-    makes the value-spread diagnostic comparable across objectives.
+    Without an intention: T(φ(s), z)ᵀ z / d with z = ψ(g) on the √d sphere. With an
+    intention frame: T(φ(s), ψ(s_z))ᵀ ψ(g) / d, the predicted discounted visitation of g's
+    features while acting on s_z (the analogue of ICVF's V(s, s+, z)). Dividing by d makes
+    the per-step "reward" ψ(x)ᵀψ(g)/d the cosine similarity to the goal's features (1 at
+    the goal). The action-conditioned model needs ``action`` (then this is Q(s, a, z)).
     """
     if (action is None) != (nets.action_dim == 0):
         raise ConfigError("tdjepa.value: pass `action` exactly when the model is "
@@ -258,6 +310,26 @@ def value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
     if action is not None:
         action = action.flatten(1).to(phi.dtype)
     return (nets.T_phi(phi, z, action).mean(0) * psi_g).sum(-1) / psi_g.shape[-1]
+
+
+def sf_to_time(v_sf: torch.Tensor, discount: float, sf_start: str) -> torch.Tensor:
+    """Successor-feature value -> ICVF's negative discounted time-to-goal scale.
+
+    With goal-indicator features the discounted goal visitation of a goal τ steps away is
+    γ^τ (``sf_start="current"``) or γ^(τ-1) (``"next"``), and ICVF's value of the same goal
+    is -(1 - γ^τ)/(1 - γ). This monotone affine map leaves Spearman's rho unchanged and
+    puts the spread and V(goal, goal) on the same scale as ICVF's (0 at the goal, down
+    to -1/(1-γ) far away); features far from indicators show up as values above 0.
+    """
+    reach = v_sf if sf_start == "current" else discount * v_sf  # ≈ γ^τ
+    return -(1.0 - reach) / (1.0 - discount)
+
+
+def value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
+          intent: torch.Tensor | None = None, action: torch.Tensor | None = None) -> torch.Tensor:
+    """Value of reaching ``goal`` from ``obs`` on ICVF's time-to-goal scale: :func:`sf_value`
+    mapped by :func:`sf_to_time` (what the diagnostics report for TD-JEPA)."""
+    return sf_to_time(sf_value(nets, obs, goal, intent, action), nets.discount, nets.sf_start)
 
 
 def zero_shot_z(psi_next: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:

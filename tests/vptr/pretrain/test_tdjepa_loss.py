@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -54,12 +55,15 @@ def _pred(predictor, x: np.ndarray, z: np.ndarray, a: np.ndarray | None = None) 
     return np.stack([_np(m(inp)) for m in predictor.members])
 
 
-def _hand_loss(nets, target, batch, action=None, next_action=None) -> dict[str, float]:
+def _hand_loss(nets, target, batch, action=None, next_action=None,
+               sf_start: str = "current") -> dict[str, float]:
     feat = {k: batch[k].double().flatten(1) / 255.0 for k in ("obs", "next_obs", "intent")}
     n = len(batch["obs"])
     phi_next, psi_next = _heads(target, feat["next_obs"])
     _, psi_int = _heads(target, feat["intent"])
-    phi_s_bar, _ = _heads(target, feat["obs"])
+    phi_s_bar, psi_s_bar = _heads(target, feat["obs"])
+    # the features counted first: of s ("current", ICVF's reward convention) or of s'
+    phi_c, psi_c = (phi_s_bar, psi_s_bar) if sf_start == "current" else (phi_next, psi_next)
     z = _sphere(psi_int)  # random_z_ratio = 0: z is the projected intention feature
     t_next = _pred(target.T_phi, phi_next, z, next_action).mean(0)
     t_psi_next = _pred(target.T_psi, psi_next, z, next_action).mean(0)
@@ -71,12 +75,12 @@ def _hand_loss(nets, target, batch, action=None, next_action=None) -> dict[str, 
     advs = []
     for i in range(n):
         mask_z = 0.0 if int(batch["obs_index"][i]) == int(batch["intent_index"][i]) else 1.0
-        y_phi = psi_next[i] + GAMMA * mask_z * t_next[i]
-        y_psi = phi_next[i] + GAMMA * mask_z * t_psi_next[i]
+        y_phi = psi_c[i] + GAMMA * mask_z * t_next[i]
+        y_psi = phi_c[i] + GAMMA * mask_z * t_psi_next[i]
         if action is None:
             v_next = float(t_next[i] @ z[i])
             v_s = float(_pred(target.T_phi, phi_s_bar[i:i + 1], z[i:i + 1]).mean(0)[0] @ z[i])
-            adv = float(psi_next[i] @ z[i]) + GAMMA * mask_z * v_next - v_s
+            adv = float(psi_c[i] @ z[i]) + GAMMA * mask_z * v_next - v_s
             advs.append(adv)
             w = TAU if adv >= 0 else 1 - TAU
         else:
@@ -89,12 +93,12 @@ def _hand_loss(nets, target, batch, action=None, next_action=None) -> dict[str, 
                 "advs": advs, "z": z}
 
 
-def _setup(flat_encoder, action_dim: int = 0):
+def _setup(flat_encoder, action_dim: int = 0, sf_start: str = "current"):
     torch.manual_seed(2)  # chosen so that the advantages in INDICES have both signs
     cfg = tdjepa.TDJEPAConfig(phi_dim=3, psi_dim=4, head_hidden_dims=(6,),
                               predictor_hidden_dims=(8,), num_predictors=2, discount=GAMMA,
                               expectile=TAU, random_z_ratio=0.0, orth_coef=ORTH,
-                              action_dim=action_dim)
+                              action_dim=action_dim, sf_start=sf_start)
     nets = tdjepa.create(cfg, flat_encoder(3, 2, 2)).double()
     target = make_target(nets)
     with torch.no_grad():  # the target must differ from the online net for a real test
@@ -111,11 +115,12 @@ INDICES = {  # 0: intention reached (mask_z = 0); 3: s' clipped (s' is s); other
 }
 
 
-def test_tdjepa_loss_matches_hand_computation(frames, flat_encoder, make_batch):
-    cfg, nets, target = _setup(flat_encoder)
+@pytest.mark.parametrize("sf_start", ["current", "next"])
+def test_tdjepa_loss_matches_hand_computation(frames, flat_encoder, make_batch, sf_start):
+    cfg, nets, target = _setup(flat_encoder, sf_start=sf_start)
     batch = make_batch(INDICES, frames)
     loss, metrics = tdjepa.loss_fn(nets, target, batch, cfg)
-    hand = _hand_loss(nets, target, batch)
+    hand = _hand_loss(nets, target, batch, sf_start=sf_start)
     assert any(a >= 0 for a in hand["advs"]) and any(a < 0 for a in hand["advs"])
     assert loss.item() == pytest.approx(hand["loss"], rel=1e-9)
     assert metrics["tdjepa/td_phi"].item() == pytest.approx(hand["td_phi"], rel=1e-9)
@@ -128,8 +133,10 @@ def test_tdjepa_loss_matches_hand_computation(frames, flat_encoder, make_batch):
     assert all(p.grad is not None for p in nets.parameters() if p.requires_grad)
 
 
-def test_tdjepa_action_conditioned_uses_dataset_next_action(frames, flat_encoder, make_batch):
-    cfg, nets, target = _setup(flat_encoder, action_dim=6)
+@pytest.mark.parametrize("sf_start", ["current", "next"])
+def test_tdjepa_action_conditioned_uses_dataset_next_action(frames, flat_encoder, make_batch,
+                                                             sf_start):
+    cfg, nets, target = _setup(flat_encoder, action_dim=6, sf_start=sf_start)
     batch = make_batch(INDICES, frames)
     g = torch.Generator().manual_seed(5)
     # an action chunk of 3 steps x 2 dims, flattened to 6 values by the objective
@@ -137,7 +144,7 @@ def test_tdjepa_action_conditioned_uses_dataset_next_action(frames, flat_encoder
     batch["next_action"] = torch.randn(6, 3, 2, dtype=torch.float64, generator=g)
     loss, metrics = tdjepa.loss_fn(nets, target, batch, cfg)
     hand = _hand_loss(nets, target, batch, action=batch["action"].flatten(1).numpy(),
-                      next_action=batch["next_action"].flatten(1).numpy())
+                      next_action=batch["next_action"].flatten(1).numpy(), sf_start=sf_start)
     assert loss.item() == pytest.approx(hand["loss"], rel=1e-9)
     assert "tdjepa/adv_mean" not in metrics  # no intention weighting with actions
     other = dict(batch, next_action=batch["next_action"] + 1.0)
@@ -167,18 +174,29 @@ def test_tdjepa_random_intentions_are_unit_sphere_and_never_masked(frames, flat_
     assert 0.4 < is_random.float().mean().item() < 0.6
 
 
-def test_tdjepa_value_and_zero_shot_z(frames, flat_encoder, make_batch):
-    _, nets, _ = _setup(flat_encoder)
+@pytest.mark.parametrize("sf_start", ["current", "next"])
+def test_tdjepa_value_and_zero_shot_z(frames, flat_encoder, make_batch, sf_start):
+    _, nets, _ = _setup(flat_encoder, sf_start=sf_start)
     batch = make_batch(INDICES, frames)
     with torch.no_grad():
+        v_sf = tdjepa.sf_value(nets, batch["obs"], batch["goal"])
         v = tdjepa.value(nets, batch["obs"], batch["goal"])
         feats_s = batch["obs"].double().flatten(1) / 255.0
         feats_g = batch["goal"].double().flatten(1) / 255.0
     phi, _ = _heads(nets, feats_s)
     _, psi_g = _heads(nets, feats_g)
     t = _pred(nets.T_phi, phi, psi_g).mean(0)
-    d = psi_g.shape[-1]  # value is in units of discounted goal visits: divided by d
-    np.testing.assert_allclose(v.numpy(), [t[i] @ psi_g[i] / d for i in range(6)], rtol=1e-9)
+    d = psi_g.shape[-1]  # sf_value is in units of discounted goal visits: divided by d
+    sf = np.array([t[i] @ psi_g[i] / d for i in range(6)])
+    np.testing.assert_allclose(v_sf.numpy(), sf, rtol=1e-9)
+    # value() is on ICVF's time-to-goal scale: γ^τ visits <-> -(1 - γ^τ)/(1 - γ)
+    reach = sf if sf_start == "current" else GAMMA * sf
+    np.testing.assert_allclose(v.numpy(), -(1 - reach) / (1 - GAMMA), rtol=1e-9)
+    # a goal reached now (1 visit, "current") is worth 0; one never reached -1/(1-γ)
+    ones = torch.ones(2, dtype=torch.float64)
+    np.testing.assert_allclose(tdjepa.sf_to_time(ones, GAMMA, "current").numpy(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(tdjepa.sf_to_time(0 * ones, GAMMA, "next").numpy(), -10.0)
+    np.testing.assert_allclose(tdjepa.sf_to_time(ones, GAMMA, "next").numpy(), -1.0)
     # zero-shot: rewards linear in ψ recover the direction of the true task vector
     g = torch.Generator().manual_seed(0)
     psi = torch.randn(200, 5, generator=g)
@@ -194,7 +212,28 @@ def test_tdjepa_value_and_zero_shot_z(frames, flat_encoder, make_batch):
 @pytest.mark.parametrize("bad", [{"expectile": 0.0}, {"discount": 1.0}, {"phi_dim": 0},
                                  {"random_z_ratio": 1.5}, {"orth_coef": -1.0},
                                  {"num_predictors": 0}, {"action_dim": -1},
-                                 {"batch_size": 1}])
+                                 {"batch_size": 1}, {"sf_start": "later"}])
 def test_tdjepa_config_validation(bad):
     with pytest.raises(ConfigError, match="tdjepa"):
         tdjepa.TDJEPAConfig(**bad)
+
+
+def test_tdjepa_orth_frames_cover_each_distinct_frame_once(frames, flat_encoder, make_batch):
+    _, nets, target = _setup(flat_encoder)
+    cfg = tdjepa.TDJEPAConfig(phi_dim=3, psi_dim=4, head_hidden_dims=(6,),
+                              predictor_hidden_dims=(8,), random_z_ratio=0.0,
+                              orth_frames=("obs", "intent"))
+    batch = make_batch(INDICES, frames)
+    _, metrics = tdjepa.loss_fn(nets, target, batch, cfg)
+    # frame 3 is both an observation and an intention: 11 distinct frames, not 12
+    distinct = torch.cat([batch["obs"], batch["intent"][1:]]).double().flatten(1) / 255.0
+    phi, psi = _heads(nets, distinct)
+    assert metrics["tdjepa/orth_phi"].item() == pytest.approx(_orth_hand(phi), rel=1e-9)
+    assert metrics["tdjepa/orth_psi"].item() == pytest.approx(_orth_hand(psi), rel=1e-9)
+    # the TD term still uses the observations only: same as with orth_frames=("obs",)
+    _, base = tdjepa.loss_fn(nets, target, batch, replace(cfg, orth_frames=("obs",)))
+    assert metrics["tdjepa/td_phi"].item() == pytest.approx(base["tdjepa/td_phi"].item(), rel=1e-9)
+    with pytest.raises(ConfigError, match="orth_frames"):
+        tdjepa.TDJEPAConfig(orth_frames=("intent",))
+    with pytest.raises(ConfigError, match="orth_frames"):
+        tdjepa.TDJEPAConfig(orth_frames=("obs", "pixels"))
