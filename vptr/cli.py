@@ -70,7 +70,10 @@ def _load(ref: str):
 
 
 def _add_leaf(sub: argparse._SubParsersAction, name: str, cmd: Command) -> None:
-    p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
+    # the generated usage line would list every option (hundreds for `pretrain`); the
+    # options are shown, grouped by section, below it
+    p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help,
+                       usage="%(prog)s [--config FILE.toml] [OPTIONS]")
     p.add_argument("--config", dest="_config_file", metavar="FILE.toml", default=None,
                    help="TOML file of option values (command-line options override it)")
     add_config_args(p, _load(cmd.config))

@@ -46,6 +46,7 @@ averages only the MLP heads and predictors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -82,9 +83,10 @@ class TDJEPAConfig:
                                 "'action' / 'next_action' of this width (flattened chunk)")
     discount: float = helpfield(0.98, "γ of the successor features (TD-JEPA: 0.98-0.99)")
     expectile: float = helpfield(0.9, "τ of the intention weighting (0.5: behaviour SFs)")
-    sf_start: str = helpfield("current", "where the successor features start counting: "
-                              "'current' = ψ(s) + γ ψ(s') + ... (the goal indicator collected "
-                              "in s, as ICVF's reward; V maps exactly to time-to-goal); 'next' = "
+    sf_start: Literal["current", "next"] = helpfield(
+        "current", "where the successor features start counting: "
+                   "'current' = ψ(s) + γ ψ(s') + ... (the goal indicator collected "
+                   "in s, as ICVF's reward; V maps exactly to time-to-goal); 'next' = "
                               "ψ(s') + γ ψ(s'') + ... (TD-JEPA's written form)")
     random_z_ratio: float = helpfield(0.5, "fraction of samples whose z is a random direction "
                                       "instead of ψ(intent)")
