@@ -87,7 +87,7 @@ class TDJEPAConfig:
         "current", "where the successor features start counting: "
                    "'current' = ψ(s) + γ ψ(s') + ... (the goal indicator collected "
                    "in s, as ICVF's reward; V maps exactly to time-to-goal); 'next' = "
-                              "ψ(s') + γ ψ(s'') + ... (TD-JEPA's written form)")
+                   "ψ(s') + γ ψ(s'') + ... (TD-JEPA's written form)")
     random_z_ratio: float = helpfield(0.5, "fraction of samples whose z is a random direction "
                                       "instead of ψ(intent)")
     orth_frames: tuple[str, ...] = helpfield(
