@@ -39,18 +39,26 @@ def require_keys(batch: Batch, keys: Iterable[str], objective: str) -> None:
                         f"{', '.join(missing)} (has: {', '.join(sorted(batch))})")
 
 
-def _dedup_plan(batch: Batch, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(positions of the first occurrence of each distinct frame, inverse map) or None."""
+def first_occurrences(batch: Batch, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For the images under ``keys`` concatenated in that order: (position of the first
+    occurrence of each distinct frame, by ``<key>_index``; inverse map from every position to
+    its distinct frame), or None when the batch lacks an index key."""
     if not all(INDEX_KEYS.get(k) in batch for k in keys):
         return None
     idx = torch.cat([batch[INDEX_KEYS[k]].reshape(-1) for k in keys])
     uniq, inverse = torch.unique(idx, return_inverse=True)
-    if uniq.numel() == idx.numel():
-        return None  # nothing to save
     positions = torch.arange(idx.numel(), device=idx.device)
     first = torch.full((uniq.numel(),), idx.numel(), dtype=positions.dtype, device=idx.device)
     first.scatter_reduce_(0, inverse, positions, reduce="amin")
     return first, inverse
+
+
+def _dedup_plan(batch: Batch, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`first_occurrences`, or None when every frame is distinct (nothing to save)."""
+    plan = first_occurrences(batch, keys)
+    if plan is None or plan[0].numel() == plan[1].numel():
+        return None
+    return plan
 
 
 def encode_unique(encoder: nn.Module, batch: Batch, keys: Sequence[str],

@@ -59,6 +59,7 @@ from vptr.pretrain.common import (
     Batch,
     encode_unique,
     expectile_weight,
+    first_occurrences,
     orth_loss,
     project_sphere,
     require_keys,
@@ -217,14 +218,8 @@ def _encode_orth_frames(nets: TDJEPANets, batch: Batch, cfg: TDJEPAConfig) -> to
 def _distinct_rows(batch: Batch, keys: tuple[str, ...], n_rows: int) -> torch.Tensor:
     """Rows of the concatenated ``keys`` images that hold each distinct frame once (two
     copies of one frame would make a fixed off-diagonal term in the orthonormality loss)."""
-    if len(keys) == 1 or not all(INDEX_KEYS[k] in batch for k in keys):
-        return torch.arange(n_rows, device=batch["obs"].device)
-    idx = torch.cat([batch[INDEX_KEYS[k]].reshape(-1) for k in keys])
-    _, inverse = torch.unique(idx, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), idx.numel(), dtype=torch.long,
-                       device=idx.device)
-    first.scatter_reduce_(0, inverse, torch.arange(idx.numel(), device=idx.device), reduce="amin")
-    return first
+    plan = first_occurrences(batch, keys) if len(keys) > 1 else None
+    return torch.arange(n_rows, device=batch["obs"].device) if plan is None else plan[0]
 
 
 def loss_fn(nets: TDJEPANets, target_nets: TDJEPANets, batch: Batch,
