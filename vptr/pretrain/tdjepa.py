@@ -46,7 +46,7 @@ averages only the MLP heads and predictors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -67,7 +67,8 @@ from vptr.pretrain.common import (
 )
 
 PREFIX = "tdjepa"
-SF_STARTS = ("current", "next")
+SFStart = Literal["current", "next"]
+SF_STARTS: tuple[str, ...] = get_args(SFStart)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class TDJEPAConfig:
                                 "'action' / 'next_action' of this width (flattened chunk)")
     discount: float = helpfield(0.98, "γ of the successor features (TD-JEPA: 0.98-0.99)")
     expectile: float = helpfield(0.9, "τ of the intention weighting (0.5: behaviour SFs)")
-    sf_start: Literal["current", "next"] = helpfield(
+    sf_start: SFStart = helpfield(
         "current", "where the successor features start counting: "
                    "'current' = ψ(s) + γ ψ(s') + ... (the goal indicator collected "
                    "in s, as ICVF's reward; V maps exactly to time-to-goal); 'next' = "
