@@ -56,7 +56,14 @@ def load_modules(path: Path, modules: dict[str, torch.nn.Module], strict: bool =
     for name, module in modules.items():
         prefix = name + "."
         sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(sd, strict=strict)
+        try:
+            missing, unexpected = module.load_state_dict(sd, strict=strict)
+        except RuntimeError as e:  # shape mismatches: the model options changed
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln),
+                         str(e).splitlines()[0])
+            raise DataError(f"{path}: weights do not fit the {name} built from the current "
+                            f"config ({first}); the checkpoint was written with other model "
+                            f"options — use the run's own config or a new run directory") from None
         if strict and (missing or unexpected):
             raise DataError(f"{path}: weights do not match {name} "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
