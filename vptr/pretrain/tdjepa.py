@@ -19,8 +19,17 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
   with goal-indicator features V(s, z)/d = γ^τ for a goal τ steps away and V(s_z, z)/d = 1
   — with ``"next"`` the masked step at s_z still counts the frame after the goal, so
   V(s_z) < V(s_{z-1}) and the value is not monotone at the goal;
-* intention weighting as in ICVF with the successor-feature value V(s, z) = T(φ(s), z)ᵀz:
-  ``A = ψ̄(s_c)ᵀz + γ · mask_z · V̄(s', z) - V̄(s, z)`` and weight τ if A >= 0 else 1 - τ.
+* step cost (``step_cost``, our addition): ψ is augmented with a constant coordinate,
+  ψ⁺(s) = (ψ(s), √d), and the goal-reaching reward is ``r(s, z) = ψ⁺(s)ᵀw(z)`` with
+  ``w(z) = (z/d, -1/√d)``, i.e. ψ(s)ᵀz/d - 1: 0 at the intention frame, negative elsewhere —
+  for goal-indicator features exactly ICVF's -1[s != s_z]. The predictor's extra output
+  learns √d times the discounted number of steps until s_z is reached. Without it (TD-JEPA's plain
+  reward ψᵀz/d) frames of one episode that look alike (cosine ~0.5 on our video) add a
+  positive baseline per step, so a state *far* from the goal, with more steps left to
+  collect it, outscores one next to the goal; with it the same similarity only scales the
+  per-step cost and the value falls monotonically with the steps left;
+* intention weighting as in ICVF with the successor-feature value V(s, z) = T(φ(s), z)ᵀw(z):
+  ``A = r(s_c, z) + γ · mask_z · V̄(s', z) - V̄(s, z)`` and weight τ if A >= 0 else 1 - τ.
   τ = 0.5 gives the behaviour policy's successor features (a TD version of BYOL-γ);
 * optional second predictor T_ψ(ψ(s), z) -> R^{dφ} with target
   ``φ̄(s_c) + γ mask_z T̄_ψ(ψ̄(s'), z)`` (TD-JEPA's default "asymmetric" model trains both
@@ -29,7 +38,7 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
   ψ(s) with coefficient ``orth_coef``, √d normalisation, stop-gradient EMA targets and
   orthogonal initialisation of heads and predictors (as TD-JEPA's ``weight_init``).
 
-Loss = mean_k mean_b w_b ‖T_k(φ(s), z) - y‖² (+ the same for T_ψ) + orth_coef · (Orth(φ) + Orth(ψ)),
+Loss = mean_k mean_b weight_b ‖T_k(φ(s), z) - y‖² (+ the same for T_ψ) + orth_coef · (Orth(φ) + Orth(ψ)),
 with the squared error summed over feature dimensions as in TD-JEPA.
 
 Action-conditioned variant (robot data; ``action_dim > 0``): T(φ(s), a, z) with the
@@ -90,6 +99,11 @@ class TDJEPAConfig:
                    "'current' = ψ(s) + γ ψ(s') + ... (the goal indicator collected "
                    "in s, as ICVF's reward; V maps exactly to time-to-goal); 'next' = "
                    "ψ(s') + γ ψ(s'') + ... (TD-JEPA's written form)")
+    step_cost: bool = helpfield(
+        True, "augment ψ with a constant feature so that the goal reward is ψ(s)ᵀz/d - 1 "
+              "(0 at the intention frame, < 0 elsewhere; ICVF's -1[s != g] for indicator "
+              "features): the value then falls with the steps left to the goal even when "
+              "the frames of an episode look alike; false = TD-JEPA's plain reward ψᵀz/d")
     random_z_ratio: float = helpfield(0.5, "fraction of samples whose z is a random direction "
                                       "instead of ψ(intent)")
     orth_frames: tuple[str, ...] = helpfield(
@@ -165,11 +179,13 @@ class TDJEPANets(nn.Module):
         self.action_dim = cfg.action_dim
         self.discount = cfg.discount
         self.sf_start = cfg.sf_start
+        self.step_cost = cfg.step_cost
         self.phi_head = make_mlp(encoder.out_dim, (*cfg.head_hidden_dims, cfg.phi_dim),
                                  layer_norm=True, init="orthogonal")
         self.psi_head = make_mlp(encoder.out_dim, (*cfg.head_hidden_dims, cfg.psi_dim),
                                  layer_norm=True, init="orthogonal")
-        self.T_phi = Predictor(cfg.phi_dim, cfg.psi_dim, cfg)
+        # with a step cost T_φ also predicts the successor feature of the constant coordinate
+        self.T_phi = Predictor(cfg.phi_dim, cfg.psi_dim + int(cfg.step_cost), cfg)
         self.T_psi = Predictor(cfg.psi_dim, cfg.phi_dim, cfg) if cfg.psi_predictor else None
 
     def phi_psi(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +222,23 @@ def sample_z(psi_intent: torch.Tensor, random_z_ratio: float) -> tuple[torch.Ten
     if random_z_ratio > 0:
         z = torch.where(is_random[:, None], project_sphere(torch.randn_like(z)), z)
     return z, is_random
+
+
+def reward_features(psi: torch.Tensor, step_cost: bool) -> torch.Tensor:
+    """ψ⁺ = (ψ, √d) with the step-cost coordinate, else ψ (rows of (B, d)).
+
+    The constant is √d, the norm of ψ, so that its successor feature (√d times the
+    discounted steps to the intention) weighs as much in the squared TD error as ψ's."""
+    if not step_cost:
+        return psi
+    return torch.cat([psi, psi.new_full((psi.shape[0], 1), psi.shape[-1] ** 0.5)], -1)
+
+
+def reward_weights(z: torch.Tensor, step_cost: bool) -> torch.Tensor:
+    """w(z) with goal reward r(s, z) = ψ⁺(s)ᵀw(z) = ψ(s)ᵀz/d [- 1]: (z/d, -1/√d), else z/d."""
+    d = z.shape[-1]
+    w = z / d
+    return torch.cat([w, w.new_full((w.shape[0], 1), -d ** -0.5)], -1) if step_cost else w
 
 
 def _encode_orth_frames(nets: TDJEPANets, batch: Batch, cfg: TDJEPAConfig) -> torch.Tensor:
@@ -245,12 +278,14 @@ def loss_fn(nets: TDJEPANets, target_nets: TDJEPANets, batch: Batch,
         # s == s_z ends the intention's episode; a random z has no goal frame to reach
         reached_z = batch["intent_reached"].to(z.dtype)
         mask_z = torch.where(is_random, torch.ones_like(reached_z), 1.0 - reached_z)
-        t_next = target_nets.T_phi(phi_next, z, next_action).mean(0)  # (B, dψ)
-        y_phi = psi_c + cfg.discount * mask_z[:, None] * t_next
+        t_next = target_nets.T_phi(phi_next, z, next_action).mean(0)  # (B, dψ [+ 1])
+        feat_c = reward_features(psi_c, cfg.step_cost)
+        y_phi = feat_c + cfg.discount * mask_z[:, None] * t_next
         if weighted:
-            v_next = (t_next * z).sum(-1)
-            v_s = (target_nets.T_phi(phi_s_bar, z).mean(0) * z).sum(-1)
-            adv = (psi_c * z).sum(-1) + cfg.discount * mask_z * v_next - v_s
+            w = reward_weights(z, cfg.step_cost)
+            v_next = (t_next * w).sum(-1)
+            v_s = (target_nets.T_phi(phi_s_bar, z).mean(0) * w).sum(-1)
+            adv = (feat_c * w).sum(-1) + cfg.discount * mask_z * v_next - v_s
             weight = expectile_weight(adv, cfg.expectile)
         else:
             weight = torch.ones_like(mask_z)
@@ -284,17 +319,10 @@ def loss_fn(nets: TDJEPANets, target_nets: TDJEPANets, batch: Batch,
     return loss, metrics
 
 
-def sf_value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
-             intent: torch.Tensor | None = None,
-             action: torch.Tensor | None = None) -> torch.Tensor:
-    """Successor-feature value of ``goal`` from ``obs``, in units of discounted goal visits.
-
-    Without an intention: T(φ(s), z)ᵀ z / d with z = ψ(g) on the √d sphere. With an
-    intention frame: T(φ(s), ψ(s_z))ᵀ ψ(g) / d, the predicted discounted visitation of g's
-    features while acting on s_z (the analogue of ICVF's V(s, s+, z)). Dividing by d makes
-    the per-step "reward" ψ(x)ᵀψ(g)/d the cosine similarity to the goal's features (1 at
-    the goal). The action-conditioned model needs ``action`` (then this is Q(s, a, z)).
-    """
+def _predict(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
+             intent: torch.Tensor | None,
+             action: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T(φ(s), z) averaged over the ensemble, ψ(g)); z = ψ(s_z), or ψ(g) without intent."""
     if (action is None) != (nets.action_dim == 0):
         raise ConfigError("tdjepa.value: pass `action` exactly when the model is "
                           f"action-conditioned (action_dim={nets.action_dim})")
@@ -307,7 +335,24 @@ def sf_value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
     z = psi_g if intent is None else psi[n:]
     if action is not None:
         action = action.flatten(1).to(phi.dtype)
-    return (nets.T_phi(phi, z, action).mean(0) * psi_g).sum(-1) / psi_g.shape[-1]
+    return nets.T_phi(phi, z, action).mean(0), psi_g
+
+
+def sf_value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
+             intent: torch.Tensor | None = None,
+             action: torch.Tensor | None = None) -> torch.Tensor:
+    """Successor-feature value of ``goal`` from ``obs``, in units of discounted goal visits.
+
+    Without an intention: T(φ(s), z)ᵀ z / d with z = ψ(g) on the √d sphere. With an
+    intention frame: T(φ(s), ψ(s_z))ᵀ ψ(g) / d, the predicted discounted visitation of g's
+    features while acting on s_z (the analogue of ICVF's V(s, s+, z)). Dividing by d makes
+    the per-step "reward" ψ(x)ᵀψ(g)/d the cosine similarity to the goal's features (1 at
+    the goal). The action-conditioned model needs ``action`` (then this is Q(s, a, z)).
+    The step-cost coordinate is left out (see :func:`value`).
+    """
+    t, psi_g = _predict(nets, obs, goal, intent, action)
+    d = psi_g.shape[-1]
+    return (t[:, :d] * psi_g).sum(-1) / d
 
 
 def sf_to_time(v_sf: torch.Tensor, discount: float, sf_start: str) -> torch.Tensor:
@@ -325,8 +370,16 @@ def sf_to_time(v_sf: torch.Tensor, discount: float, sf_start: str) -> torch.Tens
 
 def value(nets: TDJEPANets, obs: torch.Tensor, goal: torch.Tensor,
           intent: torch.Tensor | None = None, action: torch.Tensor | None = None) -> torch.Tensor:
-    """Value of reaching ``goal`` from ``obs`` on ICVF's time-to-goal scale: :func:`sf_value`
-    mapped by :func:`sf_to_time` (what the diagnostics report for TD-JEPA)."""
+    """Value of reaching ``goal`` from ``obs`` on ICVF's time-to-goal scale (what the
+    diagnostics report for TD-JEPA).
+
+    With the step cost it is the model's own value T(φ(s), z)ᵀw(ψ(g)) = E Σ_k γ^k
+    (ψ(s_k)ᵀψ(g)/d - 1), 0 at the goal; without it :func:`sf_value` mapped by
+    :func:`sf_to_time`.
+    """
+    if nets.step_cost:
+        t, psi_g = _predict(nets, obs, goal, intent, action)
+        return (t * reward_weights(psi_g, True)).sum(-1)
     return sf_to_time(sf_value(nets, obs, goal, intent, action), nets.discount, nets.sf_start)
 
 

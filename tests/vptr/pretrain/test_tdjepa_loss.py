@@ -56,7 +56,7 @@ def _pred(predictor, x: np.ndarray, z: np.ndarray, a: np.ndarray | None = None) 
 
 
 def _hand_loss(nets, target, batch, action=None, next_action=None,
-               sf_start: str = "current") -> dict[str, float]:
+               sf_start: str = "current", step_cost: bool = True) -> dict[str, float]:
     feat = {k: batch[k].double().flatten(1) / 255.0 for k in ("obs", "next_obs", "intent")}
     n = len(batch["obs"])
     phi_next, psi_next = _heads(target, feat["next_obs"])
@@ -65,6 +65,12 @@ def _hand_loss(nets, target, batch, action=None, next_action=None,
     # the features counted first: of s ("current", ICVF's reward convention) or of s'
     phi_c, psi_c = (phi_s_bar, psi_s_bar) if sf_start == "current" else (phi_next, psi_next)
     z = _sphere(psi_int)  # random_z_ratio = 0: z is the projected intention feature
+    d = z.shape[1]
+    if step_cost:  # ψ⁺ = (ψ, √d), reward weights (z/d, -1/√d): r = ψᵀz/d - 1
+        psi_c = np.concatenate([psi_c, np.full((n, 1), math.sqrt(d))], 1)
+        w_r = np.concatenate([z / d, np.full((n, 1), -1 / math.sqrt(d))], 1)
+    else:
+        w_r = z / d
     t_next = _pred(target.T_phi, phi_next, z, next_action).mean(0)
     t_psi_next = _pred(target.T_psi, psi_next, z, next_action).mean(0)
     phi, psi = _heads(nets, feat["obs"])
@@ -78,9 +84,9 @@ def _hand_loss(nets, target, batch, action=None, next_action=None,
         y_phi = psi_c[i] + GAMMA * mask_z * t_next[i]
         y_psi = phi_c[i] + GAMMA * mask_z * t_psi_next[i]
         if action is None:
-            v_next = float(t_next[i] @ z[i])
-            v_s = float(_pred(target.T_phi, phi_s_bar[i:i + 1], z[i:i + 1]).mean(0)[0] @ z[i])
-            adv = float(psi_c[i] @ z[i]) + GAMMA * mask_z * v_next - v_s
+            v_next = float(t_next[i] @ w_r[i])
+            v_s = float(_pred(target.T_phi, phi_s_bar[i:i + 1], z[i:i + 1]).mean(0)[0] @ w_r[i])
+            adv = float(psi_c[i] @ w_r[i]) + GAMMA * mask_z * v_next - v_s
             advs.append(adv)
             w = TAU if adv >= 0 else 1 - TAU
         else:
@@ -93,12 +99,13 @@ def _hand_loss(nets, target, batch, action=None, next_action=None,
                 "advs": advs, "z": z}
 
 
-def _setup(flat_encoder, action_dim: int = 0, sf_start: str = "current"):
-    torch.manual_seed(2)  # chosen so that the advantages in INDICES have both signs
+def _setup(flat_encoder, action_dim: int = 0, sf_start: str = "current", step_cost: bool = True,
+           seed: int = 2):
+    torch.manual_seed(seed)
     cfg = tdjepa.TDJEPAConfig(phi_dim=3, psi_dim=4, head_hidden_dims=(6,),
                               predictor_hidden_dims=(8,), num_predictors=2, discount=GAMMA,
                               expectile=TAU, random_z_ratio=0.0, orth_coef=ORTH,
-                              action_dim=action_dim, sf_start=sf_start)
+                              action_dim=action_dim, sf_start=sf_start, step_cost=step_cost)
     nets = tdjepa.create(cfg, flat_encoder(3, 2, 2)).double()
     target = make_target(nets)
     with torch.no_grad():  # the target must differ from the online net for a real test
@@ -115,13 +122,19 @@ INDICES = {  # 0: intention reached (mask_z = 0); 3: s' clipped (s' is s); other
 }
 
 
+@pytest.mark.parametrize("step_cost", [True, False])
 @pytest.mark.parametrize("sf_start", ["current", "next"])
-def test_tdjepa_loss_matches_hand_computation(frames, flat_encoder, make_batch, sf_start):
-    cfg, nets, target = _setup(flat_encoder, sf_start=sf_start)
+def test_tdjepa_loss_matches_hand_computation(frames, flat_encoder, make_batch, sf_start,
+                                              step_cost):
     batch = make_batch(INDICES, frames)
+    for seed in range(50):  # the first initialisation whose advantages have both signs
+        cfg, nets, target = _setup(flat_encoder, sf_start=sf_start, step_cost=step_cost, seed=seed)
+        hand = _hand_loss(nets, target, batch, sf_start=sf_start, step_cost=step_cost)
+        if any(a >= 0 for a in hand["advs"]) and any(a < 0 for a in hand["advs"]):
+            break
+    else:
+        pytest.fail("no initialisation gives advantages of both signs: the test is vacuous")
     loss, metrics = tdjepa.loss_fn(nets, target, batch, cfg)
-    hand = _hand_loss(nets, target, batch, sf_start=sf_start)
-    assert any(a >= 0 for a in hand["advs"]) and any(a < 0 for a in hand["advs"])
     assert loss.item() == pytest.approx(hand["loss"], rel=1e-9)
     assert metrics["tdjepa/td_phi"].item() == pytest.approx(hand["td_phi"], rel=1e-9)
     assert metrics["tdjepa/td_psi"].item() == pytest.approx(hand["td_psi"], rel=1e-9)
@@ -174,9 +187,10 @@ def test_tdjepa_random_intentions_are_unit_sphere_and_never_masked(frames, flat_
     assert 0.4 < is_random.float().mean().item() < 0.6
 
 
+@pytest.mark.parametrize("step_cost", [True, False])
 @pytest.mark.parametrize("sf_start", ["current", "next"])
-def test_tdjepa_value_and_zero_shot_z(frames, flat_encoder, make_batch, sf_start):
-    _, nets, _ = _setup(flat_encoder, sf_start=sf_start)
+def test_tdjepa_value_and_zero_shot_z(frames, flat_encoder, make_batch, sf_start, step_cost):
+    _, nets, _ = _setup(flat_encoder, sf_start=sf_start, step_cost=step_cost)
     batch = make_batch(INDICES, frames)
     with torch.no_grad():
         v_sf = tdjepa.sf_value(nets, batch["obs"], batch["goal"])
@@ -187,11 +201,14 @@ def test_tdjepa_value_and_zero_shot_z(frames, flat_encoder, make_batch, sf_start
     _, psi_g = _heads(nets, feats_g)
     t = _pred(nets.T_phi, phi, psi_g).mean(0)
     d = psi_g.shape[-1]  # sf_value is in units of discounted goal visits: divided by d
-    sf = np.array([t[i] @ psi_g[i] / d for i in range(6)])
+    assert t.shape == (6, d + step_cost)  # the step cost adds one output
+    sf = np.array([t[i, :d] @ psi_g[i] / d for i in range(6)])
     np.testing.assert_allclose(v_sf.numpy(), sf, rtol=1e-9)
-    # value() is on ICVF's time-to-goal scale: γ^τ visits <-> -(1 - γ^τ)/(1 - γ)
-    reach = sf if sf_start == "current" else GAMMA * sf
-    np.testing.assert_allclose(v.numpy(), -(1 - reach) / (1 - GAMMA), rtol=1e-9)
+    if step_cost:  # the model's own value: successor features of ψᵀψ(g)/d - 1
+        np.testing.assert_allclose(v.numpy(), sf - t[:, d] / math.sqrt(d), rtol=1e-9)
+    else:  # mapped to ICVF's time-to-goal scale: γ^τ visits <-> -(1 - γ^τ)/(1 - γ)
+        reach = sf if sf_start == "current" else GAMMA * sf
+        np.testing.assert_allclose(v.numpy(), -(1 - reach) / (1 - GAMMA), rtol=1e-9)
     # a goal reached now (1 visit, "current") is worth 0; one never reached -1/(1-γ)
     ones = torch.ones(2, dtype=torch.float64)
     np.testing.assert_allclose(tdjepa.sf_to_time(ones, GAMMA, "current").numpy(), 0.0, atol=1e-12)
@@ -237,3 +254,16 @@ def test_tdjepa_orth_frames_cover_each_distinct_frame_once(frames, flat_encoder,
         tdjepa.TDJEPAConfig(orth_frames=("intent",))
     with pytest.raises(ConfigError, match="orth_frames"):
         tdjepa.TDJEPAConfig(orth_frames=("obs", "pixels"))
+
+
+def test_step_cost_reward_is_zero_at_the_goal_and_minus_one_elsewhere():
+    # goal-indicator features: ψ(s_z) = z, ψ(s) ⟂ z elsewhere -> ICVF's reward -1[s != s_z]
+    z = 2.0 * torch.eye(4, dtype=torch.float64)[:2]  # two intentions on the √d sphere (d = 4)
+    psi = torch.stack([z[0], 2.0 * torch.eye(4, dtype=torch.float64)[3]])
+    feats = tdjepa.reward_features(psi, step_cost=True)
+    assert feats.shape == (2, 5) and torch.all(feats[:, 4] == 2.0)  # constant coordinate √d
+    r = (feats * tdjepa.reward_weights(z[:1].expand(2, 4), step_cost=True)).sum(-1)
+    np.testing.assert_allclose(r.numpy(), [0.0, -1.0], atol=1e-12)
+    # without the step cost: TD-JEPA's plain reward ψᵀz/d (1 at the goal, 0 elsewhere)
+    plain = (tdjepa.reward_features(psi, False) * tdjepa.reward_weights(z[:1].expand(2, 4), False))
+    np.testing.assert_allclose(plain.sum(-1).numpy(), [1.0, 0.0], atol=1e-12)
