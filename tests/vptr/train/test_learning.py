@@ -3,8 +3,8 @@ TD-JEPA on the default action-free video of the video embodiment, 32x32 frames a
 Impala CNN, a few minutes each on 2 cores. On held-out episodes of the video embodiment
 V(s_t, g = last frame) must beat every untrained seed on Spearman's rho and reach a spread
 of at least 25 % of the true discounted time-to-goal range (numbers from the same
-evaluation script as benchmarks/RESULTS.md; TD-JEPA's successor-feature value is read on
-the same time-to-goal scale through tdjepa.sf_to_time)."""
+evaluation script as benchmarks/RESULTS.md; TD-JEPA's value, with the step cost of the
+config, is on the same time-to-goal scale as ICVF's)."""
 
 from pathlib import Path
 
