@@ -10,8 +10,10 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
 * φ(s), ψ(s): MLP heads on the shared image trunk, outputs rescaled to norm √d;
 * intention z = ψ̄(s_z) projected to the √d sphere for an intention frame s_z of the batch,
   or a random Gaussian direction (probability ``random_z_ratio``);
-* predictor ensemble T_k(φ(s), z) -> R^{dψ}, k = 1..K, averaged for targets;
-* TD target ``y = ψ̄(s_c) + γ · mask_z · T̄(φ̄(s'), z)`` (mask_z = 0 when s is s_z; 1 for
+* predictor ensemble T_k(φ(s), z) -> R^{dψ} (R^{dψ+1} with the step cost below), k = 1..K,
+  averaged for targets;
+* TD target ``y = ψ̄(s_c) + γ · mask_z · T̄(φ̄(s'), z)`` (ψ̄⁺ with the step cost; mask_z = 0
+  when s is s_z; 1 for
   random z), all barred quantities from the Polyak target network under no_grad. s_c is
   where the features start counting (``sf_start``): ``"next"`` (s_c = s') is the form
   written in TD-JEPA; ``"current"`` (s_c = s, Dayan's successor representation) collects
@@ -23,8 +25,8 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
   ψ⁺(s) = (ψ(s), √d), and the goal-reaching reward is ``r(s, z) = ψ⁺(s)ᵀw(z)`` with
   ``w(z) = (z/d, -1/√d)``, i.e. ψ(s)ᵀz/d - 1: 0 at the intention frame, negative elsewhere —
   for goal-indicator features exactly ICVF's -1[s != s_z]. The predictor's extra output
-  learns √d times the discounted number of steps until s_z is reached. Without it (TD-JEPA's plain
-  reward ψᵀz/d) frames of one episode that look alike (cosine ~0.5 on our video) add a
+  learns √d times the discounted number of steps until s_z is reached. Without it
+  (TD-JEPA's plain reward ψᵀz/d) frames of one episode that look alike (cosine ~0.5 on our video) add a
   positive baseline per step, so a state *far* from the goal, with more steps left to
   collect it, outscores one next to the goal; with it the same similarity only scales the
   per-step cost and the value falls monotonically with the steps left;
@@ -38,8 +40,9 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
   ψ(s) with coefficient ``orth_coef``, √d normalisation, stop-gradient EMA targets and
   orthogonal initialisation of heads and predictors (as TD-JEPA's ``weight_init``).
 
-Loss = mean_k mean_b weight_b ‖T_k(φ(s), z) - y‖² (+ the same for T_ψ) + orth_coef · (Orth(φ) + Orth(ψ)),
-with the squared error summed over feature dimensions as in TD-JEPA.
+Loss = mean_k mean_b weight_b ‖T_k(φ(s), z) - y‖² (+ the same for T_ψ)
++ orth_coef · (Orth(φ) + Orth(ψ)), with the squared error summed over feature dimensions
+as in TD-JEPA.
 
 Action-conditioned variant (robot data; ``action_dim > 0``): T(φ(s), a, z) with the
 SARSA-style next action ``next_action`` taken from the batch (float (B, A), e.g. a
