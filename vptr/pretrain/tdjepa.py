@@ -13,8 +13,8 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
 * predictor ensemble T_k(φ(s), z) -> R^{dψ} (R^{dψ+1} with the step cost below), k = 1..K,
   averaged for targets;
 * TD target ``y = ψ̄(s_c) + γ · mask_z · T̄(φ̄(s'), z)`` (ψ̄⁺ with the step cost; mask_z = 0
-  when s is s_z; 1 for
-  random z), all barred quantities from the Polyak target network under no_grad. s_c is
+  when s is s_z; 1 for random z), all barred quantities from the Polyak target network
+  under no_grad. s_c is
   where the features start counting (``sf_start``): ``"next"`` (s_c = s') is the form
   written in TD-JEPA; ``"current"`` (s_c = s, Dayan's successor representation) collects
   the goal indicator ψ(s)ᵀz/d in s itself, exactly like ICVF's reward r(s, s_z), so that
