@@ -14,8 +14,7 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
   averaged for targets;
 * TD target ``y = ψ̄(s_c) + γ · mask_z · T̄(φ̄(s'), z)`` (ψ̄⁺ with the step cost; mask_z = 0
   when s is s_z; 1 for random z), all barred quantities from the Polyak target network
-  under no_grad. s_c is
-  where the features start counting (``sf_start``): ``"next"`` (s_c = s') is the form
+  under no_grad. s_c is where the features start counting (``sf_start``): ``"next"`` (s_c = s') is the form
   written in TD-JEPA; ``"current"`` (s_c = s, Dayan's successor representation) collects
   the goal indicator ψ(s)ᵀz/d in s itself, exactly like ICVF's reward r(s, s_z), so that
   with goal-indicator features V(s, z)/d = γ^τ for a goal τ steps away and V(s_z, z)/d = 1
@@ -26,8 +25,8 @@ intention weighting** (our design, not the paper's; spec "Intention-conditioned 
   ``w(z) = (z/d, -1/√d)``, i.e. ψ(s)ᵀz/d - 1: 0 at the intention frame, negative elsewhere —
   for goal-indicator features exactly ICVF's -1[s != s_z]. The predictor's extra output
   learns √d times the discounted number of steps until s_z is reached. Without it
-  (TD-JEPA's plain reward ψᵀz/d) frames of one episode that look alike (cosine ~0.5 on our video) add a
-  positive baseline per step, so a state *far* from the goal, with more steps left to
+  (TD-JEPA's plain reward ψᵀz/d) frames of one episode that look alike (cosine ~0.5 on
+  our video) add a positive baseline per step, so a state *far* from the goal, with more steps left to
   collect it, outscores one next to the goal; with it the same similarity only scales the
   per-step cost and the value falls monotonically with the steps left;
 * intention weighting as in ICVF with the successor-feature value V(s, z) = T(φ(s), z)ᵀw(z):
