@@ -1,7 +1,7 @@
 """Video data for TD pretraining: sources -> decoded-frame cache -> sampled batches.
 
     from vptr.data import VideoSourceConfig, SamplerConfig, open_video_source, make_loader
-    store = open_video_source("path/to/videos", VideoSourceConfig(size=64, fps=10))
+    store = open_video_source("path/to/videos", VideoSourceConfig(image_size=64, fps=10))
     train, val = store.split(0.1, seed=0)
     for batch in make_loader(train, SamplerConfig(), batch_size=64, seed=0, num_workers=2):
         ...

@@ -35,10 +35,11 @@ class VideoSourceConfig:
     fps: float = helpfield(0.0, "target frame rate in Hz, frames chosen by timestamp; 0 keeps "
                                 "the native rate (never upsampled: a higher target keeps every "
                                 "frame)")
-    size: int = helpfield(64, "output frames are size x size pixels (ICVF release: 64)")
+    image_size: int = helpfield(64, "output frames are image_size x image_size pixels (ICVF "
+                                    "release: 64)")
     crop: Literal["center", "stretch"] = helpfield(
-        "center", "center: resize the short side to size, then center-crop; stretch: resize "
-                  "both sides to size, ignoring the aspect ratio")
+        "center", "center: resize the short side to image_size, then center-crop; stretch: "
+                  "resize both sides to image_size, ignoring the aspect ratio")
     camera_keys: tuple[str, ...] = helpfield(
         (), "LeRobot datasets: camera feature keys to read, one trajectory per episode and "
             "camera (empty: all camera keys)")
@@ -60,8 +61,8 @@ class VideoSourceConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and self.fps >= 0):
             raise ConfigError(f"fps must be >= 0 (0 = native rate), got {self.fps}")
-        if self.size <= 0:
-            raise ConfigError(f"size must be > 0, got {self.size}")
+        if self.image_size <= 0:
+            raise ConfigError(f"image_size must be > 0, got {self.image_size}")
         if self.crop not in ("center", "stretch"):
             raise ConfigError(f"crop must be 'center' or 'stretch', got {self.crop!r}")
         if not (math.isfinite(self.frames_fps) and self.frames_fps > 0):
@@ -80,8 +81,10 @@ class VideoSourceConfig:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
     def pixel_config(self) -> dict:
-        """The fields that change decoded pixels: they (and the source) key the cache."""
-        return {"fps": self.fps, "size": self.size, "crop": self.crop,
+        """The fields that change decoded pixels: they (and the source) key the cache.
+        (``size`` is ``image_size`` under its old name, so caches built before the rename
+        stay valid.)"""
+        return {"fps": self.fps, "size": self.image_size, "crop": self.crop,
                 "camera_keys": list(self.camera_keys), "frames_fps": self.frames_fps,
                 "min_frames": self.min_frames, "format": CACHE_FORMAT_VERSION}
 

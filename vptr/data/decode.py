@@ -150,10 +150,10 @@ def _header_frame_count(container, stream, fps: float) -> int | None:
 def _convert_video_frame(frame, cfg: VideoSourceConfig) -> np.ndarray:
     from av.video.reformatter import Interpolation
 
-    rw, rh, x0, y0 = square_geometry(frame.width, frame.height, cfg.size, cfg.crop)
+    rw, rh, x0, y0 = square_geometry(frame.width, frame.height, cfg.image_size, cfg.crop)
     # AREA averages source pixels: no aliasing when shrinking 1080p to 64 px.
     rgb = frame.to_ndarray(width=rw, height=rh, format="rgb24", interpolation=Interpolation.AREA)
-    return np.ascontiguousarray(rgb[y0:y0 + cfg.size, x0:x0 + cfg.size])
+    return np.ascontiguousarray(rgb[y0:y0 + cfg.image_size, x0:x0 + cfg.image_size])
 
 
 def _container_signature(path: Path) -> str | None:
@@ -290,14 +290,14 @@ def load_image(source, cfg: VideoSourceConfig, name: str) -> np.ndarray:
     try:
         with Image.open(source) as im:
             im = im.convert("RGB")
-            rw, rh, x0, y0 = square_geometry(im.width, im.height, cfg.size, cfg.crop)
+            rw, rh, x0, y0 = square_geometry(im.width, im.height, cfg.image_size, cfg.crop)
             # BOX = area average when shrinking, like swscale's AREA for videos.
             im = im.resize((rw, rh), Image.Resampling.BOX if rw <= im.width else
                            Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise Unusable("decode error", f"frame {name}: {e}") from None
-    return np.ascontiguousarray(arr[y0:y0 + cfg.size, x0:x0 + cfg.size])
+    return np.ascontiguousarray(arr[y0:y0 + cfg.image_size, x0:x0 + cfg.image_size])
 
 
 def select_frames(n: int, native_fps: float, cfg: VideoSourceConfig) -> tuple[np.ndarray, float]:

@@ -7,15 +7,7 @@ so the sequence is ``start, start+1, ...`` whatever the number of workers, and a
 continues exactly where it stopped by passing its step as ``start_step``. ``rank`` gives each
 DDP process its own stream.
 
-Batch contract (shared with vptr.pretrain; B = batch size, S = frame_stack):
-
-- images uint8 (B, 3*S, H, W), channels-first, frames stacked oldest..newest:
-  ``obs``, ``next_obs``, ``goal``, ``intent``, ``future_obs``, ``initial_obs``, ``final_obs``;
-- int64 (B,) frame-store rows of the newest frame of each: ``obs_index``,
-  ``next_obs_index``, ``goal_index``, ``intent_index``, ``future_index``, ``initial_index``,
-  ``final_index``;
-- bool (B,) ``goal_reached`` (obs_index == goal_index), ``intent_reached``;
-- int64 (B,) ``traj_index`` (position in the store), ``t``, ``traj_len``.
+Batches follow the batch contract of :mod:`vptr.data.batch`.
 
 With ``SamplerConfig.shift_pad > 0`` every image gets its own random shift (a stacked
 frame shifts as a whole; keys and samples independently), as DrQ / the ICVF release do. The
@@ -29,12 +21,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vptr.data.augment import shift_numpy
+from vptr.data.batch import FLAG_KEYS, IMAGE_KEYS, INT_KEYS
 from vptr.data.cache import FrameStore
 from vptr.data.config import SamplerConfig
-from vptr.data.sampling import IMAGE_KEYS, INDEX_KEYS, sample_index_batch
+from vptr.data.sampling import sample_index_batch
 from vptr.errors import DataError
-
-_INT_KEYS = (*INDEX_KEYS.values(), "traj_index", "t", "traj_len")
 
 
 class PretrainSampler:
@@ -77,10 +68,10 @@ class PretrainSampler:
             images = shift_numpy(images, rng.integers(0, 2 * pad + 1, size=(k * b, 2)), pad)
         images = torch.from_numpy(images).view(k, b, s * 3, h, w)
         batch = {key: images[i] for i, key in enumerate(IMAGE_KEYS)}
-        for key in _INT_KEYS:
+        for key in INT_KEYS:
             batch[key] = torch.from_numpy(np.ascontiguousarray(idx[key], dtype=np.int64))
-        batch["goal_reached"] = torch.from_numpy(idx["goal_reached"])
-        batch["intent_reached"] = torch.from_numpy(idx["intent_reached"])
+        for key in FLAG_KEYS:
+            batch[key] = torch.from_numpy(idx[key])
         return batch
 
 

@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from vptr.data.batch import IMAGE_KEYS, INDEX_KEYS, stack_times
 from vptr.data.config import SamplerConfig
 from vptr.errors import ConfigError
 
 GOAL_CURRENT, GOAL_TRAJECTORY, GOAL_RANDOM = 0, 1, 2
-
-# Keys of the image tensors in a batch, in the order frames are gathered.
-IMAGE_KEYS = ("obs", "next_obs", "goal", "intent", "future_obs", "initial_obs", "final_obs")
-INDEX_KEYS = {"obs": "obs_index", "next_obs": "next_obs_index", "goal": "goal_index",
-              "intent": "intent_index", "future_obs": "future_index",
-              "initial_obs": "initial_index", "final_obs": "final_index"}
 
 
 def sample_frames(rng: np.random.Generator, lengths: np.ndarray, n: int) -> tuple[np.ndarray,
@@ -84,14 +79,9 @@ def sample_future_times(rng: np.random.Generator, t: np.ndarray, traj_len: np.nd
 
 
 def stack_rows(offsets: np.ndarray, traj: np.ndarray, t: np.ndarray, stack: int) -> np.ndarray:
-    """Frame-store rows (n, stack) of frames t-stack+1 .. t, oldest first.
-
-    Times before the trajectory start repeat its first frame (as frame-stacking wrappers do
-    at reset), so a stack never mixes two trajectories.
-    """
-    back = np.arange(stack - 1, -1, -1)
-    times = np.maximum(t[:, None] - back[None, :], 0)
-    return offsets[traj][:, None] + times
+    """Frame-store rows (n, stack) of the frames stacked for (traj, t), oldest first
+    (:func:`vptr.data.batch.stack_times`)."""
+    return offsets[traj][:, None] + stack_times(t, stack)
 
 
 def sample_index_batch(rng: np.random.Generator, offsets: np.ndarray, lengths: np.ndarray,

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from vptr.data.batch import stack_frames
+
 # value(obs, goal) -> V: obs/goal uint8 (N, C, H, W) tensors, returns float (N,)
 ValueFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -36,16 +38,6 @@ def true_values(length: int, gamma: float) -> np.ndarray:
     """Negative discounted time-to-goal V*(t) for t = 0..T with T = length - 1."""
     steps_to_goal = np.arange(length - 1, -1, -1, dtype=np.float64)
     return -(1.0 - gamma**steps_to_goal) / (1.0 - gamma)
-
-
-def stack_frames(frames: np.ndarray, stack: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, 3*stack, H, W), oldest first, first frame repeated."""
-    chw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
-    if stack == 1:
-        return chw
-    idx = np.arange(len(frames))[:, None] + np.arange(-stack + 1, 1)[None, :]
-    idx = np.clip(idx, 0, None)
-    return chw[idx].reshape(len(frames), 3 * stack, *chw.shape[2:])
 
 
 @torch.no_grad()

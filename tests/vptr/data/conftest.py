@@ -10,7 +10,7 @@ from vptr.data.config import VideoSourceConfig
 @pytest.fixture
 def cfg(tmp_path) -> VideoSourceConfig:
     """Small frames, in-process decoding, no progress bar, cache inside tmp_path."""
-    return VideoSourceConfig(size=16, decode_workers=1, progress=False,
+    return VideoSourceConfig(image_size=16, decode_workers=1, progress=False,
                              cache_dir=str(tmp_path / "cache"))
 
 

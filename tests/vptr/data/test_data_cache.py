@@ -74,7 +74,7 @@ def test_changed_sources_or_settings_rebuild(source, cfg, decode_calls):
     again = open_video_source(source, cfg)
     assert len(decode_calls) == 8 and again.lengths.tolist() == [12, 20, 15, 7]
     assert again.path == store.path  # same key, replaced in place
-    bigger = open_video_source(source, dataclasses.replace(cfg, size=24))
+    bigger = open_video_source(source, dataclasses.replace(cfg, image_size=24))
     assert bigger.path != store.path and bigger.image_size == (24, 24)
     assert len(_complete_caches(store.path.parent)) == 2
     # a damaged cache (frames file cut) is detected and rebuilt

@@ -12,7 +12,7 @@ from vptr.data.augment import random_shift, shift_gather, shift_numpy
 from vptr.data.cache import open_video_source
 from vptr.data.config import SamplerConfig, VideoSourceConfig
 from vptr.data.loader import PretrainSampler, make_loader
-from vptr.data.sampling import IMAGE_KEYS, INDEX_KEYS
+from vptr.data.batch import FLAG_KEYS, IMAGE_KEYS, INDEX_KEYS, INT_KEYS, stack_frames
 from vptr.errors import DataError
 
 B = 32
@@ -23,7 +23,7 @@ def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loader")
     for i, n in enumerate([20, 8, 14]):
         write_video(tmp / "src" / f"v{i}.mp4", n)
-    cfg = VideoSourceConfig(size=16, decode_workers=1, progress=False,
+    cfg = VideoSourceConfig(image_size=16, decode_workers=1, progress=False,
                             cache_dir=str(tmp / "cache"))
     return open_video_source(tmp / "src", cfg)
 
@@ -34,9 +34,8 @@ def _chw(frames: np.ndarray) -> torch.Tensor:
 
 def test_batch_follows_the_contract(store):
     batch = PretrainSampler(store, SamplerConfig(), seed=0).sample(B, step=0)
-    expected = {*IMAGE_KEYS, *INDEX_KEYS.values(), "goal_reached", "intent_reached",
-                "traj_index", "t", "traj_len"}
-    assert set(batch) == expected
+    assert set(batch) == {*IMAGE_KEYS, *INT_KEYS, *FLAG_KEYS}
+    assert set(INT_KEYS) == {*INDEX_KEYS.values(), "traj_index", "t", "traj_len"}
     for key in IMAGE_KEYS:
         assert batch[key].shape == (B, 3, 16, 16) and batch[key].dtype == torch.uint8
         # without augmentation each image is exactly the indexed frame of the store
@@ -75,6 +74,11 @@ def test_stacked_frames_oldest_to_newest_and_repeated_at_start(store):
     at_start = t == 0
     assert at_start.any()
     assert torch.equal(obs[at_start, 0:3], obs[at_start, 6:9])
+    # training and evaluation stack frames the same way (one function, vptr.data.batch)
+    traj = batch["traj_index"].numpy()
+    for i in range(0, 256, 17):
+        stacked = stack_frames(store.trajectory(int(traj[i])), 3)[int(t[i])]
+        assert torch.equal(obs[i], torch.from_numpy(stacked))
 
 
 def test_same_seed_and_step_give_the_same_batch(store):

@@ -152,7 +152,7 @@ def test_sampler_config_validation():
 
 
 def test_video_source_config_validation():
-    for bad in ({"size": 0}, {"fps": -1.0}, {"frames_fps": 0.0}, {"min_frames": 0},
+    for bad in ({"image_size": 0}, {"fps": -1.0}, {"frames_fps": 0.0}, {"min_frames": 0},
                 {"decode_workers": -1}, {"camera_keys": ("",)}):
         with pytest.raises(ConfigError):
             VideoSourceConfig(**bad)

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from vptr.data.batch import stack_frames
 from vptr.diagnostics.values import (
     effective_rank,
     evaluate_values,
     pixel_l2_value,
     plot_value_curves,
-    stack_frames,
     true_values,
 )
 
@@ -33,7 +33,6 @@ def _traj(T=20, size=8):
 def test_oracle_value_scores_perfectly():
     gamma = 0.9
     trajs = [_traj(20), _traj(15)]
-    lengths = {len(t) for t in trajs}
 
     def oracle(obs, goal):  # exact V*: read t and T from the marker pixel
         t, T = obs[:, 1, 0, 0].long(), int(goal[0, 1, 0, 0]) + 1
@@ -43,7 +42,10 @@ def test_oracle_value_scores_perfectly():
     assert rep.spearman == pytest.approx(1.0)
     assert rep.spread == pytest.approx(1.0, abs=1e-6)
     assert rep.goal_value == pytest.approx(0.0)
-    assert rep.inverted == 0.0 and lengths
+    assert rep.inverted == 0.0
+    assert [len(c) for c in rep.curves] == [20, 15]  # one value per frame, per episode
+    assert rep.true_range == pytest.approx(np.mean([(1 - gamma**19) / (1 - gamma),
+                                                    (1 - gamma**14) / (1 - gamma)]))
 
 
 def test_constant_value_is_flagged_degenerate():

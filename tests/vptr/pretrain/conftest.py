@@ -6,11 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-IMAGE_KEYS = {
-    "obs": "obs_index", "next_obs": "next_obs_index", "goal": "goal_index",
-    "intent": "intent_index", "future_obs": "future_index", "initial_obs": "initial_index",
-    "final_obs": "final_index",
-}
+from vptr.data.batch import INDEX_KEYS
 
 
 class FlatEncoder(nn.Module):
@@ -35,7 +31,7 @@ def build_batch(indices: dict[str, list[int]], frames: torch.Tensor,
     Equal indices therefore mean identical pixels, as from a real frame store.
     """
     batch: dict[str, torch.Tensor] = {}
-    for key, index_key in IMAGE_KEYS.items():
+    for key, index_key in INDEX_KEYS.items():
         if index_key in indices:
             idx = torch.tensor(indices[index_key], dtype=torch.int64)
             batch[index_key] = idx
@@ -73,7 +69,7 @@ def random_indices(batch_size: int, traj_len: int = 10, n_traj: int = 4,
     """ICVF-style sampling: goal/intent current (20 %), same trajectory (50 %), random (30 %),
     intent == goal half the time; next/future clipped at the trajectory end."""
     g = torch.Generator().manual_seed(seed)
-    out: dict[str, list[int]] = {k: [] for k in IMAGE_KEYS.values()}
+    out: dict[str, list[int]] = {k: [] for k in INDEX_KEYS.values()}
 
     def sample_goal(traj: int, t: int) -> int:
         u = torch.rand((), generator=g).item()
