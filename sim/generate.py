@@ -7,9 +7,11 @@
   rewards -- the layout a user's own video corpus would have.
 
 Outputs are cached under ``<data_dir>/{robot,video}/<name>-<config hash>``. Each is
-built in a ``.partial`` sibling and renamed into place only when complete, with a
+built in a hidden temporary sibling and renamed into place only when complete, with a
 ``vptr_generation.json`` marker written last, so an interrupted run never leaves
-something that looks finished (the next run discards the partial copy).
+something that looks finished (the next run discards the temporary copy).
+
+``run_robot`` / ``run_video`` are the ``vptr generate robot|video`` commands.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import csv
 import functools
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 
 from vptr.config import config_hash, helpfield, to_dict
 from vptr.errors import ConfigError, DataError, unknown
+from vptr.files import building, ensure_dir
 
 MARKER = "vptr_generation.json"
 # reach is left out: its episodes are ~5 frames, too short to show progress to a goal
@@ -142,16 +144,6 @@ def _check_common(tasks, episodes, noise, image_size) -> None:
 # --------------------------------------------------------------------------- cache
 
 
-def _check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"{directory}: output directory is not writable ({e.strerror or e})") from None
-
-
 def cached(out: Path) -> dict[str, Any] | None:
     """The generation record of a complete output, or None."""
     try:
@@ -161,7 +153,8 @@ def cached(out: Path) -> dict[str, Any] | None:
 
 
 def _build(out: Path, cfg: Any, kind: str, builder, force: bool, log) -> tuple[Path, dict]:
-    """Build into ``<out>.partial-<pid>`` and rename into place when complete.
+    """Build in a temporary sibling of ``out`` and rename it into place when complete
+    (:func:`vptr.files.building`; the marker is written last).
 
     A lock file serialises builders of the same output (two processes asking for the
     same config: the second waits, then finds the first one's result in the cache).
@@ -172,24 +165,19 @@ def _build(out: Path, cfg: Any, kind: str, builder, force: bool, log) -> tuple[P
     if record is not None and not force:
         log(f"{kind}: cached at {out}")
         return out, record
-    _check_writable(out.parent)
+    ensure_dir(out.parent, "output directory")
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         record = cached(out)
         if record is not None and not force:
             log(f"{kind}: cached at {out} (built by another process)")
             return out, record
-        for stale in out.parent.glob(f"{out.name}.partial*"):  # interrupted earlier runs
-            shutil.rmtree(stale, ignore_errors=True)
-        partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-        start = time.time()
-        stats = builder(partial)
-        record = {"kind": kind, "config": to_dict(cfg), "stats": stats,
-                  "seconds": round(time.time() - start, 2), "vptr_version": _version()}
-        (partial / MARKER).write_text(json.dumps(record, indent=2))
-        if out.exists():  # force: replace the old copy
-            shutil.rmtree(out)
-        partial.rename(out)
+        with building(out) as partial:
+            start = time.time()
+            stats = builder(partial)
+            record = {"kind": kind, "config": to_dict(cfg), "stats": stats,
+                      "seconds": round(time.time() - start, 2), "vptr_version": _version()}
+            (partial / MARKER).write_text(json.dumps(record, indent=2))
     return out, record
 
 
@@ -224,7 +212,8 @@ def _progress(total: int, desc: str):
 
 def generate_robot(cfg: RobotDataConfig, force: bool = False, log=print) -> tuple[Path, dict]:
     """Record expert demonstrations into a LeRobotDataset v3.0 (cached)."""
-    return _build(cfg.out_dir(), cfg, "robot", lambda d: _write_robot(cfg, d), force, log)
+    out = cfg.out_dir()
+    return _build(out, cfg, "robot", lambda d: _write_robot(cfg, d, out.name), force, log)
 
 
 def _quiet_encoders() -> None:
@@ -241,7 +230,8 @@ def _quiet_encoders() -> None:
         pass
 
 
-def _write_robot(cfg: RobotDataConfig, root: Path) -> dict:
+def _write_robot(cfg: RobotDataConfig, root: Path, name: str) -> dict:
+    """Write the dataset into the (empty) folder ``root``; its repo id is ``vptr/<name>``."""
     from lerobot.configs.video import RGBEncoderConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -269,8 +259,9 @@ def _write_robot(cfg: RobotDataConfig, root: Path) -> dict:
         "next.done": {"dtype": "bool", "shape": (1,), "names": None},
     }
     fps = int(round(base.control_hz))
+    root.rmdir()  # LeRobot creates the dataset folder itself and refuses an existing one
     ds = LeRobotDataset.create(
-        repo_id=f"vptr/{root.name.split('.partial')[0]}", fps=fps, features=features,
+        repo_id=f"vptr/{name}", fps=fps, features=features,
         root=root, robot_type=base.embodiment, use_videos=True, video_backend="pyav",
         rgb_encoder=RGBEncoderConfig(vcodec=cfg.video_codec))
     per_task: dict[str, dict[str, int]] = {}
@@ -385,3 +376,22 @@ def _write_video(cfg: VideoDataConfig, root: Path) -> dict:
         writer.writerows(rows)
     return {"videos": len(rows), "frames": int(sum(r["num_frames"] for r in rows)),
             "fps": rows[0]["fps"], "per_task": per_task}
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_robot(cfg: RobotDataConfig) -> int:
+    """``vptr generate robot``."""
+    out, record = generate_robot(cfg)
+    print(f"robot dataset (LeRobotDataset v3.0): {out}")
+    print(json.dumps(record["stats"], indent=2))
+    return 0
+
+
+def run_video(cfg: VideoDataConfig) -> int:
+    """``vptr generate video``."""
+    out, record = generate_video(cfg)
+    print(f"action-free video: {out}  (manifest: {out / 'manifest.csv'})")
+    print(json.dumps(record["stats"], indent=2))
+    return 0

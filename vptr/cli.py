@@ -33,23 +33,23 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     "generate": {
         "robot": Command(
             "record scripted-expert robot demonstrations as a LeRobotDataset v3.0",
-            "sim.generate:RobotDataConfig", "vptr.commands:generate_robot",
+            "sim.generate:RobotDataConfig", "sim.generate:run_robot",
             "Runs each task's scripted expert in simulation and writes the episodes with "
             "LeRobot's own writer (images as video). Cached by config under the data dir."),
         "video": Command(
             "film a video embodiment doing the tasks: mp4 folder + manifest.csv, no actions",
-            "sim.generate:VideoDataConfig", "vptr.commands:generate_video",
+            "sim.generate:VideoDataConfig", "sim.generate:run_video",
             "Films the scripted expert driving the video embodiment (a floating two-finger "
             "hand by default) with domain randomisation; writes only pixels (mp4) and a "
             "manifest, the layout of a user's own video corpus. Cached by config."),
     },
     "pretrain": Command(
         "pretrain an image encoder and value by TD learning on action-free video",
-        "vptr.train.pretrain:PretrainConfig", "vptr.train.pretrain:run",
+        "vptr.train.pretrain_loop:PretrainConfig", "vptr.train.pretrain_loop:run",
         "ICVF, intention-conditioned TD-JEPA or a baseline (tcn, vip, none) on a video "
         "source. Checkpoints, TensorBoard logs and value diagnostics go to the run "
         "directory; rerunning the same command resumes. Multi-process: torchrun "
-        "--nproc_per_node N -m vptr.cli pretrain ..."),
+        "--nproc_per_node N -m vptr pretrain ..."),
     "evaluate-values": Command(
         "score a pretraining run's value on held-out video against baselines",
         "vptr.diagnostics.evaluate:EvaluateValuesConfig", "vptr.diagnostics.evaluate:run",

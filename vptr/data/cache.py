@@ -9,8 +9,8 @@ A cache is a folder ``<cache_dir>/<name>-<key>/`` with
 
 The key hashes the source and the pixel config; the fingerprint is compared on every open,
 so edited sources are decoded again and unchanged ones never are. A cache is built in a
-hidden temporary folder and renamed into place only when complete, so an interrupted build
-is never mistaken for a cache (rename is atomic on POSIX file systems).
+hidden temporary folder and renamed into place only when complete (:func:`vptr.files.building`),
+so an interrupted build is never mistaken for a cache.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ import logging
 import multiprocessing
 import os
 import re
-import shutil
-import socket
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +34,7 @@ from vptr.data.decode import Clip, Unusable
 from vptr.data.readers import Item, Skip, SourceListing, list_source, skip_counts, skip_summary
 from vptr.data.sampling import split_trajectories
 from vptr.errors import DataError
+from vptr.files import building
 
 log = logging.getLogger(__name__)
 
@@ -197,56 +195,12 @@ def decode_items(items: list[Item], cfg: VideoSourceConfig) -> Iterator[Clip | S
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_dead_temps(root: Path, name: str) -> None:
-    """Delete temporary folders left by builds of ``name`` killed on this host."""
-    host = socket.gethostname()
-    pattern = re.compile(rf"^\.{re.escape(name)}\.tmp-(.+)-(\d+)-[0-9a-f]+$")
-    for p in root.glob(f".{name}.tmp-*"):
-        m = pattern.match(p.name)
-        if m and m[1] == host and not _pid_alive(int(m[2])):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Atomically move a finished build into place (replacing a stale cache)."""
-    try:
-        os.rename(tmp, target)
-        return
-    except OSError:
-        pass  # target exists: a stale cache, or another process published first
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        os.rename(target, old)
-    except FileNotFoundError:
-        pass
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        pass  # another builder won the race; its cache is equivalent
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_cache(listing: SourceListing, cfg: VideoSourceConfig, target: Path) -> None:
     """Decode every item of ``listing`` into the cache folder ``target``."""
     from tqdm import tqdm
 
-    root = target.parent
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temps(root, target.name)
-    tmp = root / f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     t0 = time.time()
-    try:
+    with building(target, "frame-cache directory") as tmp:
         trajs: dict[str, list] = {k: [] for k in ("offset", "length", "fps", "native_fps",
                                                   "text", "source")}
         skipped = list(listing.skipped)
@@ -283,9 +237,6 @@ def build_cache(listing: SourceListing, cfg: VideoSourceConfig, target: Path) ->
             json.dump(index, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        _publish(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("decoded %d %s (%d frames) from %s in %.1f s into %s", len(trajs["offset"]),
              listing.unit, n_frames, listing.source, time.time() - t0, target)
 
