@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.toml")), ids=lambda p: p.name)
 def test_config_parses(path):
     from sim.generate import RobotDataConfig, VideoDataConfig
-    from vptr.train.pretrain import PretrainConfig
+    from vptr.train.pretrain_loop import PretrainConfig
 
     values = flatten(load_toml(path))
     if path.parent.name == "pretrain":

@@ -88,17 +88,21 @@ def _show(value: Any) -> str:
     return "(none)" if value is None or value == "" else str(value)
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one ``--name`` option per field of dataclass ``cls`` (recursively)."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                    description: str | None = None) -> None:
+    """Add one ``--name`` option per field of dataclass ``cls`` (recursively); the options
+    of a nested dataclass field form a group titled by its name, described by its help."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(prefix.rstrip(".") or None) if prefix else parser
+    group = (parser.add_argument_group(prefix.rstrip("."), description) if prefix
+             else parser)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         tp, optional = _unwrap_optional(hints[f.name])
         name = prefix + f.name
         if dataclasses.is_dataclass(tp):
-            add_config_args(parser, tp, prefix=name + ".")
+            add_config_args(parser, tp, prefix=name + ".",
+                            description=f.metadata.get("help") or None)
             continue
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else (

@@ -67,7 +67,7 @@ def data_configs(cfg: QuickstartConfig):
 def pretrain_config(cfg: QuickstartConfig, paths: dict[str, Path]):
     """The quickstart's PretrainConfig: the TOML file plus the generated data paths."""
     from vptr.config import build_config, flatten, load_toml
-    from vptr.train.pretrain import PretrainConfig
+    from vptr.train.pretrain_loop import PretrainConfig
 
     values = flatten(load_toml(cfg.pretrain_config))
     values.update({"data": str(paths["video"]),
@@ -98,12 +98,12 @@ def run(cfg: QuickstartConfig) -> int:
         print(f"{name:<10} {count:>8} {frames:>7} {took:>7}  {path}")
     if not cfg.skip_pretrain:
         from vptr.diagnostics.evaluate import EvaluateValuesConfig, evaluate_run
-        from vptr.train.pretrain import train
+        from vptr.train.pretrain_loop import train
 
         pcfg = pretrain_config(cfg, paths)
         t = time.time()
         print(f"\n[2/2] pretraining {pcfg.objective} ({pcfg.encoder}, "
-              f"{pcfg.source.size}x{pcfg.source.size}, {pcfg.steps} steps) on {paths['video']}")
+              f"{pcfg.source.image_size}x{pcfg.source.image_size}, {pcfg.steps} steps) on {paths['video']}")
         result = train(pcfg)
         print(f"pretrained in {time.time() - t:.0f}s -> {result['run_dir']}")
         held_out = cfg.eval_episodes * len(cfgs["eval_hand"].tasks)  # all of them

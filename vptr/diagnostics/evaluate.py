@@ -9,8 +9,8 @@ appears in the training video) it evaluates V(s_t, g = final frame) for
 
 with the same numbers (Spearman rho, spread against the true discounted time-to-goal
 range, V at the goal, collapse and inversion flags), prints one table per set, and
-writes ``<run>/values/eval_<set>.png`` (value curves side by side) and
-``<run>/values/eval.json``.
+writes ``eval_<set>.png`` (value curves side by side) and ``eval.json`` into
+``--out-dir`` (default ``<run>/values``; the run itself may be read-only).
 """
 
 from __future__ import annotations
@@ -22,8 +22,16 @@ from typing import Any
 
 import torch
 
-from vptr.config import build_config, helpfield
-from vptr.errors import ConfigError, DataError
+from vptr.config import helpfield
+from vptr.diagnostics.heldout import (
+    eval_trajectories,
+    load_pretrained,
+    parse_eval_data,
+    scoring_gamma,
+    value_callable,
+)
+from vptr.errors import ConfigError
+from vptr.files import atomic_write_text, ensure_dir
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class EvaluateValuesConfig:
         (), "held-out video sources as name=path or path; empty = the run's eval_data")
     episodes: int = helpfield(16, "held-out trajectories per set")
     untrained_seeds: int = helpfield(5, "seeds of the untrained-network baseline")
+    out_dir: Path | None = helpfield(None, "where the PNGs and eval.json go (default: "
+                                           "<run>/values)")
     device: str = helpfield("cpu", "device for evaluation")
 
     def __post_init__(self) -> None:
@@ -41,24 +51,7 @@ class EvaluateValuesConfig:
             raise ConfigError("run: a pretraining run directory is required (--run DIR)")
         if self.episodes <= 0 or self.untrained_seeds < 0:
             raise ConfigError("episodes must be > 0 and untrained_seeds >= 0")
-
-
-def load_run(run: Path):
-    """(PretrainConfig, nets with the newest checkpoint's weights, objective, step)."""
-    from vptr.train import checkpoint
-    from vptr.train.pretrain import PretrainConfig, build_nets
-
-    try:
-        values = json.loads((Path(run) / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{run}: not a pretraining run (config.json: {e})") from None
-    cfg = build_config(PretrainConfig, values, where=str(Path(run) / "config.json"))
-    latest = checkpoint.latest(run)
-    if latest is None:
-        raise DataError(f"{run}: has no complete checkpoint yet")
-    nets, objective = build_nets(cfg, cfg.source.size)
-    state = checkpoint.load(latest, {"nets": nets}, restore_rng=False)
-    return cfg, nets.eval(), objective, int(state["step"]), cfg.source.size
+        parse_eval_data(self.eval_data)
 
 
 def evaluate_run(cfg: EvaluateValuesConfig, log=print) -> dict[str, Any]:
@@ -70,36 +63,27 @@ def evaluate_run(cfg: EvaluateValuesConfig, log=print) -> dict[str, Any]:
         pixel_l2_value,
         plot_value_curves,
     )
-    from vptr.train.pretrain import (
-        _seed_all,
-        build_nets,
-        eval_trajectories,
-        parse_eval_data,
-        value_callable,
-        value_gamma,
-    )
 
-    pcfg, nets, objective, step, image_size = load_run(cfg.run)
-    device = torch.device(cfg.device)
-    nets.to(device)
-    sets = parse_eval_data(cfg.eval_data or pcfg.eval_data)
+    run = load_pretrained(cfg.run)
+    sets = parse_eval_data(cfg.eval_data or run.eval_data)
     if not sets:
         raise ConfigError("eval_data: no held-out sets given and the run has none")
-    gamma = value_gamma(pcfg)
-    stack = pcfg.sampler.frame_stack
+    out_dir = ensure_dir(cfg.out_dir or Path(cfg.run) / "values", "output directory")
+    device = torch.device(cfg.device)
+    nets = run.nets.to(device)
+    objective, stack, step = run.objective, run.frame_stack, run.step
+    gamma = scoring_gamma(objective, run.objective_cfg)
     untrained = []
     for seed in range(cfg.untrained_seeds):
-        _seed_all(1000 + seed)
-        net, _ = build_nets(pcfg, image_size)
-        untrained.append(net.to(device).eval())
-    out_dir = Path(cfg.run) / "values"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"run": str(cfg.run), "step": step, "objective": pcfg.objective,
-                               "encoder": pcfg.encoder, "gamma": gamma, "sets": {}}
+        torch.manual_seed(1000 + seed)
+        untrained.append(run.build().to(device).eval())
+    results: dict[str, Any] = {"run": str(cfg.run), "step": step, "objective": objective.name,
+                               "encoder": run.config["encoder"], "gamma": gamma, "sets": {}}
+    written = []
     for name, path in sets.items():
-        store = open_video_source(path, pcfg.source)
+        store = open_video_source(path, run.source)
         trajs = eval_trajectories(store, cfg.episodes)
-        reports = [evaluate_values(f"{pcfg.objective} (step {step})",
+        reports = [evaluate_values(f"{objective.name} (step {step})",
                                    value_callable(objective, nets, device), trajs, gamma, stack),
                    evaluate_values("-pixel L2", pixel_l2_value, trajs, gamma, stack)]
         seeds = [evaluate_values(f"untrained s{k}", value_callable(objective, net, device),
@@ -119,8 +103,9 @@ def evaluate_run(cfg: EvaluateValuesConfig, log=print) -> dict[str, Any]:
             "spread_ok_25pct": trained.spread >= 0.25,
         }
         log("  " + ", ".join(f"{k}={v}" for k, v in verdict.items()))
-        plot_value_curves(reports + seeds[:1], lengths, gamma, out_dir / f"eval_{name}.png",
-                          f"{name}: V(s_t, g = last frame), held-out")
+        written.append(plot_value_curves(reports + seeds[:1], lengths, gamma,
+                                         out_dir / f"eval_{name}.png",
+                                         f"{name}: V(s_t, g = last frame), held-out"))
         results["sets"][name] = {
             "episodes": len(trajs),
             "methods": {r.name: {"spearman": r.spearman, "spearman_std": r.spearman_std,
@@ -130,8 +115,8 @@ def evaluate_run(cfg: EvaluateValuesConfig, log=print) -> dict[str, Any]:
             "untrained_best_spearman": best_untrained,
             "verdict": verdict,
         }
-    (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
-    log(f"\nwrote {out_dir / 'eval.json'} and eval_<set>.png")
+    atomic_write_text(out_dir / "eval.json", json.dumps(results, indent=2))
+    log(f"\nwrote {out_dir / 'eval.json'}, " + ", ".join(p.name for p in written))
     return results
 
 

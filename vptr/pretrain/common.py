@@ -1,13 +1,12 @@
 """Pieces shared by the pretraining objectives (STYLE rule 2: only what two or more need).
 
-Batch contract (produced by ``vptr.data``): images are uint8 ``(B, 3*S, H, W)`` under the
-keys of :data:`INDEX_KEYS`, each with an int64 global frame index ``<name>_index`` so an
+Batches follow the contract declared in :mod:`vptr.data.batch`: uint8 images
+``(B, 3*S, H, W)``, each with an int64 global frame index (:data:`INDEX_KEYS`) so an
 objective can encode each distinct frame once and decide "reached" by index, not pixels.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -15,20 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vptr.data.batch import INDEX_KEYS
 from vptr.errors import DataError
 
 Batch = Mapping[str, torch.Tensor]
-
-# image key -> frame-index key (the batch contract between vptr.data and vptr.pretrain)
-INDEX_KEYS: dict[str, str] = {
-    "obs": "obs_index",
-    "next_obs": "next_obs_index",
-    "goal": "goal_index",
-    "intent": "intent_index",
-    "future_obs": "future_index",
-    "initial_obs": "initial_index",
-    "final_obs": "final_index",
-}
 
 
 def require_keys(batch: Batch, keys: Iterable[str], objective: str) -> None:
@@ -86,33 +75,6 @@ def encode_unique(encoder: nn.Module, batch: Batch, keys: Sequence[str],
     return dict(zip(keys, torch.split(feats, sizes), strict=True))
 
 
-def make_target(nets: nn.Module) -> nn.Module:
-    """A frozen copy of ``nets`` for Polyak-averaged targets (kept in sync by ema_update)."""
-    target = copy.deepcopy(nets)
-    target.requires_grad_(False)
-    return target
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, rate: float) -> None:
-    """Polyak averaging ``θ̄ <- (1 - rate) θ̄ + rate θ`` over every parameter.
-
-    As in the ICVF release (``jaxrl_m.common.target_update``) the whole network, image
-    encoder included, is averaged. Buffers (e.g. BatchNorm running statistics) are copied,
-    not averaged: they are statistics of the online network, not learned weights.
-    """
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"EMA rate must be in [0, 1], got {rate}")
-    t_params = list(target.parameters())
-    o_params = list(online.parameters())
-    if len(t_params) != len(o_params):
-        raise ValueError("ema_update: target and online networks differ in structure")
-    if t_params:
-        torch._foreach_lerp_(t_params, o_params, rate)
-    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
-        tb.copy_(ob)
-
-
 def expectile_weight(adv: torch.Tensor, expectile: float) -> torch.Tensor:
     """τ where the advantage is >= 0, else 1 - τ (ICVF ``expectile_loss`` weighting)."""
     hi, lo = adv.new_tensor(expectile), adv.new_tensor(1.0 - expectile)
@@ -143,11 +105,6 @@ def orth_loss(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 def neg_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """-‖a - b‖₂ per row: the VIP / R3M value and similarity."""
     return -torch.linalg.vector_norm(a - b, dim=-1)
-
-
-def is_trainable(nets: nn.Module) -> bool:
-    """False for objectives without trainable parameters (``none``): skip the optimizer."""
-    return any(p.requires_grad for p in nets.parameters())
 
 
 def scalar_metrics(prefix: str, **values: torch.Tensor | float) -> dict[str, torch.Tensor | float]:

@@ -1,8 +1,8 @@
 """No pretraining: the randomly initialised encoder, frozen (baseline "random init").
 
 ``loss_fn`` returns a constant 0 that carries no gradient and ``create`` freezes every
-parameter, so ``common.is_trainable(nets)`` is False and the training loop must skip the
-optimizer step (it would have nothing to update). The value is the VIP form on the
+parameter; the registry declares the objective untrained (``trains=False``), so the
+training loop builds no optimizer. The value is the VIP form on the
 untrained features, V(s, g) = -‖f(s) - f(g)‖, a baseline next to pixel L2.
 """
 
@@ -23,13 +23,10 @@ PREFIX = "none"
 @dataclass
 class NoneConfig:
     batch_size: int = helpfield(64, "batch size (only to keep the data pipeline identical)")
-    target_rate: float = helpfield(0.0, "unused: no target network (0)")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"none.batch_size must be >= 1, got {self.batch_size}")
-        if self.target_rate != 0.0:
-            raise ConfigError("none.target_rate must be 0: nothing is trained")
 
 
 class FrozenEncoder(nn.Module):

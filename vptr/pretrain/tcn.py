@@ -37,7 +37,6 @@ class TCNConfig:
     lr: float = helpfield(1e-4, "Adam learning rate (R3M / VIP)")
     adam_eps: float = helpfield(1e-8, "Adam epsilon")
     batch_size: int = helpfield(64, "batch size (= 1 positive + B-1 negatives per anchor)")
-    target_rate: float = helpfield(0.0, "unused by this objective: no target network (0)")
 
     def __post_init__(self) -> None:
         if self.embed_dim < 0:
@@ -50,8 +49,6 @@ class TCNConfig:
             raise ConfigError("tcn: lr and adam_eps must be > 0 and batch_size >= 2 "
                               f"(negatives come from the batch), got {self.lr}, "
                               f"{self.adam_eps}, {self.batch_size}")
-        if self.target_rate != 0.0:
-            raise ConfigError("tcn.target_rate must be 0: the objective has no target network")
 
 
 class EmbeddingNets(nn.Module):

@@ -48,7 +48,6 @@ class VIPConfig:
     lr: float = helpfield(1e-4, "Adam learning rate (release)")
     adam_eps: float = helpfield(1e-8, "Adam epsilon")
     batch_size: int = helpfield(64, "batch size (release 32; 64 to match ICVF's budget)")
-    target_rate: float = helpfield(0.0, "unused by this objective: no target network (0)")
 
     def __post_init__(self) -> None:
         if self.embed_dim < 0:
@@ -60,8 +59,6 @@ class VIPConfig:
         if self.lr <= 0 or self.adam_eps <= 0 or self.batch_size < 1:
             raise ConfigError(f"vip: lr and adam_eps must be > 0 and batch_size >= 1, got "
                               f"{self.lr}, {self.adam_eps}, {self.batch_size}")
-        if self.target_rate != 0.0:
-            raise ConfigError("vip.target_rate must be 0: the objective has no target network")
 
 
 def create(cfg: VIPConfig, encoder: nn.Module) -> EmbeddingNets:

@@ -1,20 +1,20 @@
-"""Checkpoints that survive SIGKILL: weights (safetensors), optimizer, RNG, data position.
+"""Checkpoints that survive SIGKILL: weights (safetensors), optimizer, RNG, loop state.
 
-Layout of a run directory::
+Layout (:mod:`vptr.runs`)::
 
     <run>/checkpoints/step_0000500/{model.safetensors, optimizer.pt, rng.pt, state.json}
     <run>/checkpoints/latest            (text: name of the newest complete checkpoint)
 
-A checkpoint is written into a temporary directory and renamed into place, and
-``latest`` is replaced atomically afterwards, so a run killed at any instant resumes
-from the last *complete* checkpoint. ``.pt`` files hold only tensors and plain
-containers and are read with ``torch.load(weights_only=True)`` (never arbitrary pickle).
+A checkpoint is built in a temporary folder and renamed into place
+(:func:`vptr.files.building`), and ``latest`` is replaced atomically afterwards, so a run
+killed at any instant resumes from the last *complete* checkpoint. ``.pt`` files hold only
+tensors and plain containers and are read with ``torch.load(weights_only=True)`` (never
+arbitrary pickle).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -22,51 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from vptr import runs
 from vptr.errors import DataError
+from vptr.files import atomic_write_text, building
+from vptr.nets.weights import load_modules, state_dict_to_safetensors
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def state_dict_to_safetensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """Flatten named modules into one tensor dict (``<module>.<param>``, or ``<param>`` for
-    the name ""), contiguous, on the CPU."""
-    out = {}
-    for name, module in modules.items():
-        prefix = f"{name}." if name else ""
-        for k, v in module.state_dict().items():
-            out[prefix + k] = v.detach().to("cpu").contiguous().clone()
-    return out
-
-
-def save_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:
-    """Write modules' weights to a safetensors file atomically."""
-    tmp = Path(path).with_name(Path(path).name + f".tmp{os.getpid()}")
-    save_file(state_dict_to_safetensors(modules), str(tmp))
-    os.replace(tmp, path)
-
-
-def load_modules(path: Path, modules: dict[str, torch.nn.Module], strict: bool = True) -> None:
-    tensors = load_file(str(path))
-    for name, module in modules.items():
-        prefix = name + "."
-        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            missing, unexpected = module.load_state_dict(sd, strict=strict)
-        except RuntimeError as e:  # shape mismatches: the model options changed
-            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln),
-                         str(e).splitlines()[0])
-            raise DataError(f"{path}: weights do not fit the {name} built from the current "
-                            f"config ({first}); the checkpoint was written with other model "
-                            f"options — use the run's own config or a new run directory") from None
-        if strict and (missing or unexpected):
-            raise DataError(f"{path}: weights do not match {name} "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+latest = runs.latest_checkpoint
 
 
 def rng_state() -> dict[str, Any]:
@@ -86,33 +49,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, step: int, modules: dict[str, torch.nn.Module],
-         optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any],
-         keep: int = 3) -> Path:
+         optimizers: dict[str, Any], state: dict[str, Any], keep: int = 3) -> Path:
     """Write checkpoint ``step`` atomically and keep the newest ``keep`` of them."""
-    ckdir = Path(run_dir) / "checkpoints"
-    ckdir.mkdir(parents=True, exist_ok=True)
-    for stale in ckdir.glob(".step_*.tmp*"):  # left by a run killed while saving
-        shutil.rmtree(stale, ignore_errors=True)
-    name = f"step_{step:07d}"
-    final = ckdir / name
-    tmp = ckdir / f".{name}.tmp{os.getpid()}"
-    tmp.mkdir()
-    save_file(state_dict_to_safetensors(modules), str(tmp / "model.safetensors"))
-    torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizer.pt")
-    # numpy/python RNG states are tuples of plain values: fine for weights_only loading
-    torch.save(_rng_to_plain(rng_state()), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
-    if final.exists():  # move the old copy aside first: `final` never goes missing
-        old = ckdir / f".{name}.tmp{os.getpid()}-old"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    atomic_write_text(ckdir / "latest", name)
+    ckdir = Path(run_dir) / runs.CHECKPOINTS
+    name = runs.checkpoint_name(step)
+    with building(ckdir / name, "checkpoint directory") as tmp:
+        save_file(state_dict_to_safetensors(modules), str(tmp / runs.WEIGHTS))
+        torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizer.pt")
+        # numpy/python RNG states are tuples of plain values: fine for weights_only loading
+        torch.save(_rng_to_plain(rng_state()), tmp / "rng.pt")
+        (tmp / runs.STATE).write_text(json.dumps({"step": step, **state}, indent=2,
+                                                 default=str))
+    atomic_write_text(ckdir / runs.LATEST, name)
     for old in sorted(p for p in ckdir.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+    return ckdir / name
 
 
 def _rng_to_plain(state: dict[str, Any]) -> dict[str, Any]:
@@ -135,33 +86,21 @@ def _rng_from_plain(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    ckdir = Path(run_dir) / "checkpoints"
-    try:
-        path = ckdir / (ckdir / "latest").read_text().strip()
-        if (path / "state.json").exists():
-            return path
-    except OSError:
-        pass
-    # no pointer, or it names a missing checkpoint: the newest complete one
-    complete = sorted(p for p in ckdir.glob("step_*") if (p / "state.json").exists())
-    return complete[-1] if complete else None
-
-
 def load(path: Path, modules: dict[str, torch.nn.Module],
-         optimizers: dict[str, torch.optim.Optimizer] | None = None,
+         optimizers: dict[str, Any] | None = None,
          restore_rng: bool = True, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Restore modules (and optimizers, RNG) from a checkpoint; returns its state.json."""
     path = Path(path)
-    try:
-        state = json.loads((path / "state.json").read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable checkpoint ({e})") from None
-    load_modules(path / "model.safetensors", modules)
+    state = runs.read_state(path)
+    load_modules(path / runs.WEIGHTS, modules)
     if optimizers:
-        opt_states = torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True)
+        opt_states = torch.load(path / "optimizer.pt", map_location=map_location,
+                                weights_only=True)
         for k, opt in optimizers.items():
+            if k not in opt_states:
+                raise DataError(f"{path / 'optimizer.pt'}: no state for {k!r} (has "
+                                f"{', '.join(opt_states) or 'none'}); the run was written by "
+                                f"another version or with other options")
             opt.load_state_dict(opt_states[k])
     if restore_rng:
         load_rng(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -9,31 +10,39 @@ from torch import nn
 
 from vptr.errors import ConfigError, DataError
 from vptr.pretrain import icvf
-from vptr.pretrain.common import make_target
+from vptr.train.core import make_target
 
 GAMMA, TAU = 0.9, 0.8
 
 
-def _linears(seq: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
-            for m in seq if isinstance(m, nn.Linear)]
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
 
 
-def _np_mlp(layers, x: np.ndarray) -> np.ndarray:
-    for w, b in layers:  # ReLU after EVERY layer (release activate_final=True)
-        x = np.maximum(w @ x + b, 0.0)
+def _np_mlp(seq: nn.Sequential, x: np.ndarray) -> np.ndarray:
+    """The release MLP by hand: Linear then ReLU after EVERY layer (activate_final=True),
+    and with layer_norm a LayerNorm after each ReLU (the order the reduced configs use)."""
+    kinds = [type(m) for m in seq]
+    for m in seq:
+        if isinstance(m, nn.Linear):
+            x = _np(m.weight) @ x + _np(m.bias)
+        elif isinstance(m, nn.ReLU):
+            x = np.maximum(x, 0.0)
+        elif isinstance(m, nn.LayerNorm):
+            x = (x - x.mean()) / np.sqrt(x.var() + m.eps) * _np(m.weight) + _np(m.bias)
+        else:
+            raise AssertionError(f"unexpected layer {m}")
+    assert kinds.count(nn.ReLU) == kinds.count(nn.Linear)
     return x
 
 
 def _np_value(head: icvf.MultilinearHead, fs, fg, fz) -> float:
     """V(s, s+, z) = Σ_d (A(Tz ⊙ φ(s)))_d (B(Tz ⊙ ψ(s+)))_d, Tz = T(ψ(s_z)), one sample."""
-    phi = _np_mlp(_linears(head.phi), fs)
-    psi = _np_mlp(_linears(head.psi), fg)
-    tz = _np_mlp(_linears(head.T), _np_mlp(_linears(head.psi), fz))
-    (wa, ba), = _linears(nn.Sequential(head.A))
-    (wb, bb), = _linears(nn.Sequential(head.B))
-    a = wa @ (tz * phi) + ba
-    b = wb @ (tz * psi) + bb
+    phi = _np_mlp(head.phi, fs)
+    psi = _np_mlp(head.psi, fg)
+    tz = _np_mlp(head.T, _np_mlp(head.psi, fz))
+    a = _np(head.A.weight) @ (tz * phi) + _np(head.A.bias)
+    b = _np(head.B.weight) @ (tz * psi) + _np(head.B.bias)
     return float(sum(a[d] * b[d] for d in range(len(a))))
 
 
@@ -63,24 +72,43 @@ def _hand_loss(nets, target, batch, variant: str = "release") -> tuple[float, li
     return sum(per_head), advs
 
 
-@pytest.fixture
-def setup(frames, flat_encoder, make_batch):
-    torch.manual_seed(1)  # seed and scale chosen so the advantages have both signs
-    cfg = icvf.ICVFConfig(hidden_dims=(5, 4), discount=GAMMA, expectile=TAU)
+INDICES = {  # 0: goal reached (s+ is s); 1: generic; 2: intention reached; 3: intent ==
+    # goal; 4: s' clipped at the end of its trajectory (s' is s)
+    "obs_index": [3, 12, 25, 30, 39],
+    "next_obs_index": [4, 13, 26, 31, 39],
+    "goal_index": [3, 17, 8, 36, 5],
+    "intent_index": [6, 19, 25, 36, 21],
+}
+
+
+def _nets(flat_encoder, layer_norm: bool, seed: int):
+    torch.manual_seed(seed)
+    cfg = icvf.ICVFConfig(hidden_dims=(5, 4), discount=GAMMA, expectile=TAU,
+                          layer_norm=layer_norm)
     nets = icvf.create(cfg, flat_encoder(3, 2, 2)).double()
+    with torch.no_grad():  # LayerNorm gains and biases away from 1 and 0: their order shows
+        for m in nets.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
     target = make_target(nets)
     with torch.no_grad():  # a target that differs from the online net, with values O(1-10)
         for p in target.parameters():
             p.normal_(0.0, 0.7)
-    # 0: goal reached (s+ is s); 1: generic; 2: intention reached; 3: intent == goal;
-    # 4: s' clipped at the end of its trajectory (s' is s)
-    batch = make_batch({
-        "obs_index": [3, 12, 25, 30, 39],
-        "next_obs_index": [4, 13, 26, 31, 39],
-        "goal_index": [3, 17, 8, 36, 5],
-        "intent_index": [6, 19, 25, 36, 21],
-    }, frames)
-    return cfg, nets, target, batch
+    return cfg, nets, target
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "layer_norm"])
+def setup(request, frames, flat_encoder, make_batch):
+    """The first initialisation whose advantages have both signs (otherwise a test could
+    not see a sign error), without and with LayerNorm (every shipped config has it on)."""
+    batch = make_batch(INDICES, frames)
+    for seed in range(1, 60):
+        cfg, nets, target = _nets(flat_encoder, request.param, seed)
+        _, advs = _hand_loss(nets, target, batch)
+        if any(a >= 0 for a in advs) and any(a < 0 for a in advs):
+            return cfg, nets, target, batch
+    pytest.fail("no initialisation gives advantages of both signs: the test is vacuous")
 
 
 def test_icvf_loss_matches_hand_computation(setup):
@@ -102,9 +130,10 @@ def test_icvf_loss_matches_hand_computation(setup):
 
 def test_icvf_gradient_reaches_only_online_network(setup):
     cfg, nets, target, batch = setup
+    target.requires_grad_(True)  # as if trainable: the loss itself must stop the gradient
     loss, _ = icvf.loss_fn(nets, target, batch, cfg)
     loss.backward()
-    assert all(p.grad is None for p in target.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in target.parameters())
     grads = [p.grad for p in nets.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(g.abs().sum().item() for g in grads) > 0
@@ -113,11 +142,9 @@ def test_icvf_gradient_reaches_only_online_network(setup):
 def test_icvf_min_q_and_dedup_options(setup):
     cfg, nets, target, batch = setup
     base = icvf.loss_fn(nets, target, batch, cfg)[0].item()
-    no_dedup = icvf.loss_fn(nets, target, batch, icvf.ICVFConfig(
-        hidden_dims=(5, 4), discount=GAMMA, expectile=TAU, dedup=False))[0].item()
+    no_dedup = icvf.loss_fn(nets, target, batch, dataclasses.replace(cfg, dedup=False))[0].item()
     assert no_dedup == pytest.approx(base, rel=1e-12)
-    _, metrics = icvf.loss_fn(nets, target, batch, icvf.ICVFConfig(
-        hidden_dims=(5, 4), discount=GAMMA, expectile=TAU, min_q=False))
+    _, metrics = icvf.loss_fn(nets, target, batch, dataclasses.replace(cfg, min_q=False))
     _, advs = _hand_loss(nets, target, batch, variant="mean_q")
     assert metrics["icvf/adv_mean"].item() == pytest.approx(np.mean(advs), rel=1e-9)
 

@@ -1,4 +1,4 @@
-"""Shared pretraining helpers: frame deduplication, EMA targets, small maths."""
+"""Shared pretraining helpers: frame deduplication, small maths."""
 
 from __future__ import annotations
 
@@ -12,11 +12,8 @@ from vptr.errors import DataError
 from vptr.nets import make_encoder
 from vptr.pretrain.common import (
     INDEX_KEYS,
-    ema_update,
     encode_unique,
     expectile_weight,
-    is_trainable,
-    make_target,
     project_sphere,
 )
 
@@ -71,29 +68,6 @@ def test_encode_unique_uses_first_copy_of_an_augmented_frame(image_batch, flat_e
     batch["goal"][0] = 255 - batch["goal"][0]
     out = encode_unique(flat_encoder(3, 16, 16), batch, ("obs", "goal"))
     torch.testing.assert_close(out["goal"][0], out["obs"][0])
-
-
-def test_ema_update_is_polyak_average_and_copies_buffers():
-    torch.manual_seed(0)
-    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-    target = make_target(online)
-    assert not is_trainable(target) and is_trainable(online)
-    with torch.no_grad():
-        for p in online.parameters():
-            p.add_(torch.randn_like(p))
-    online(torch.randn(8, 3))  # moves the BatchNorm running statistics
-    before = [p.clone() for p in target.parameters()]
-    ema_update(target, online, 0.25)
-    for t, b, o in zip(target.parameters(), before, online.parameters(), strict=True):
-        torch.testing.assert_close(t, 0.75 * b + 0.25 * o)
-        assert not t.requires_grad
-    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
-        assert torch.equal(tb, ob)
-    ema_update(target, online, 1.0)
-    for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        assert torch.equal(t, o)
-    with pytest.raises(ValueError):
-        ema_update(target, online, 1.5)
 
 
 def test_expectile_weight_and_sphere_projection():

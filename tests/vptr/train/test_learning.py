@@ -13,7 +13,7 @@ import pytest
 from vptr.config import build_config, flatten, load_toml
 from vptr.diagnostics.evaluate import EvaluateValuesConfig, evaluate_run
 from vptr.quickstart import CONFIGS, QuickstartConfig, data_configs
-from vptr.train.pretrain import PretrainConfig, train
+from vptr.train.pretrain_loop import PretrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 
 from vptr.config import build_config
 from vptr.errors import ConfigError
-from vptr.train.pretrain import PretrainConfig, train
+from vptr.train.pretrain_loop import PretrainConfig, train
 
 
 def tiny_args(data, out, cache, steps=12, objective="icvf", extra=()):
     return ["--data", str(data), "--objective", objective, "--encoder", "impala_small",
-            "--source.size", "16", "--source.cache-dir", str(cache), "--steps", str(steps),
+            "--source.image-size", "16", "--source.cache-dir", str(cache), "--steps", str(steps),
             "--batch-size", "8", "--checkpoint-every", "3", "--log-every", "3",
             "--num-workers", "1", "--out-dir", str(out), "--no-progress", "--deterministic",
             "--threads", "1", *extra]
@@ -90,14 +90,14 @@ def test_torchrun_two_processes(square_videos, tmp_path):
     first, last = history[0][1], sum(v for _, v in history[-3:]) / 3
     assert last < first, history
     # the checkpoint loads in a single process
-    from vptr.diagnostics.evaluate import load_run
+    from vptr.diagnostics.heldout import load_pretrained
 
-    cfg, nets, objective, step, size = load_run(run)
-    assert step == 60 and cfg.objective == "vip"
+    loaded = load_pretrained(run)
+    assert loaded.step == 60 and loaded.objective.name == "vip"
     assert (run / "values" / "sq_step0000030.png").exists()
     with torch.no_grad():
-        v = objective.value_fn(nets, torch.zeros(2, 3, 16, 16, dtype=torch.uint8),
-                               torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+        v = loaded.objective.value_fn(loaded.nets, torch.zeros(2, 3, 16, 16, dtype=torch.uint8),
+                                      torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
     assert torch.isfinite(v).all()
 
 
@@ -106,7 +106,7 @@ def test_in_process_short_run_and_diagnostics(square_videos, tmp_path):
         "data": str(square_videos), "eval_data": (f"sq={square_videos}",),
         "encoder": "impala_small", "steps": 4, "batch_size": 4, "checkpoint_every": 2,
         "log_every": 2, "num_workers": 0, "out_dir": str(tmp_path), "progress": False,
-        "source.size": 16, "source.cache_dir": str(tmp_path / "c"), "eval_episodes": 3})
+        "source.image_size": 16, "source.cache_dir": str(tmp_path / "c"), "eval_episodes": 3})
     result = train(cfg)
     run = Path(result["run_dir"])
     assert result["step"] == 4 and len(result["history"]) == 2
@@ -140,3 +140,86 @@ def test_cli_missing_data_is_one_line(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vptr: error:") and "nope" in lines[0]
+
+
+def _small_cfg(data, tmp_path, **over):
+    values = {"data": str(data), "encoder": "impala_small", "steps": 8, "batch_size": 4,
+              "checkpoint_every": 2, "log_every": 2, "num_workers": 0, "progress": False,
+              "out_dir": str(tmp_path / "runs"), "run_name": "r", "source.image_size": 16,
+              "source.cache_dir": str(tmp_path / "c"), "source.progress": False, "threads": 1}
+    return build_config(PretrainConfig, values | over)
+
+
+def _tb_steps(run_dir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def test_history_and_tensorboard_survive_a_kill(square_videos, tmp_path):
+    """A run stopped without a final checkpoint (as by a kill) and resumed keeps the loss
+    history and the TensorBoard scalars of the steps before the kill, the checkpoint step
+    included."""
+    cfg = _small_cfg(square_videos, tmp_path)
+    stopped = train(cfg, stop_after=5)  # checkpoints at 2 and 4, then "killed" after step 5
+    run = Path(stopped["run_dir"])
+    assert stopped["stopped"] and stopped["step"] == 5
+    assert [s for s, _ in json.loads((run / "history.json").read_text())] == [2, 4]
+    result = train(cfg)
+    assert [s for s, _ in result["history"]] == [2, 4, 6, 8]
+    assert [s for s, _ in json.loads((run / "history.json").read_text())] == [2, 4, 6, 8]
+    assert _tb_steps(run, "icvf/loss") == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("data", ["missing", "empty", "junk"])
+def test_failed_start_leaves_no_run_directory(tmp_path, data):
+    from vptr.errors import DataError
+
+    path = tmp_path / data
+    if data != "missing":
+        path.mkdir()
+    if data == "junk":
+        (path / "clip.mp4").write_bytes(b"not a video")
+    cfg = _small_cfg(path, tmp_path)
+    with pytest.raises(DataError):
+        train(cfg)
+    assert not cfg.run_dir().exists()
+
+
+def test_unwritable_frame_cache_is_one_error_line(square_videos, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    env = dict(os.environ, VPTR_CACHE_DIR=str(blocker / "cache"))
+    r = subprocess.run([sys.executable, "-m", "vptr", "pretrain", "--data", str(square_videos),
+                        "--out-dir", str(tmp_path / "runs"), "--steps", "1"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vptr: error:"), r.stderr[-2000:]
+    assert str(blocker / "cache") in lines[0] and "frame-cache directory" in lines[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_evaluate_values_writes_to_out_dir_and_names_the_files(square_videos, tmp_path):
+    cfg = _small_cfg(square_videos, tmp_path, steps=2,
+                     eval_data=(f"sq={square_videos}",), eval_episodes=2)
+    run = Path(train(cfg)["run_dir"])
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    out = tmp_path / "elsewhere"
+    r = subprocess.run([sys.executable, "-m", "vptr", "evaluate-values", "--run", str(run),
+                        "--episodes", "2", "--untrained-seeds", "1", "--out-dir", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval_sq.png"]
+    assert "eval_sq.png" in r.stdout and "<set>" not in r.stdout
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # run left as it was
+    report = json.loads((out / "eval.json").read_text())
+    assert report["step"] == 2 and set(report["sets"]) == {"sq"}
+
+
+def test_python_dash_m_vptr_is_the_command():
+    r = subprocess.run([sys.executable, "-m", "vptr", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "pretrain" in r.stdout and "evaluate-values" in r.stdout

@@ -1,0 +1,144 @@
+"""The training core: EMA targets, the optimiser step, run directories, checkpoints, loaders."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+import pytest
+import torch
+from torch import nn
+
+from vptr import runs
+from vptr.train import core
+from vptr.train.core import ema_update, make_target
+
+
+@pytest.fixture
+def cpu_session():
+    with core.session("cpu") as s:
+        yield s
+
+
+def test_ema_update_is_polyak_average_and_copies_buffers():
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    target = make_target(online)
+    assert not any(p.requires_grad for p in target.parameters())
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(torch.randn_like(p))
+    online(torch.randn(8, 3))  # moves the BatchNorm running statistics
+    before = [p.clone() for p in target.parameters()]
+    ema_update(target, online, 0.25)
+    for t, b, o in zip(target.parameters(), before, online.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.75 * b + 0.25 * o)
+        assert not t.requires_grad
+    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
+        assert torch.equal(tb, ob)
+    ema_update(target, online, 1.0)
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        assert torch.equal(t, o)
+    with pytest.raises(ValueError):
+        ema_update(target, online, 1.5)
+
+
+
+class _Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(3, 2)
+
+
+def _leaky_loss(nets, target, batch, cfg):
+    """A loss that (wrongly) lets gradient reach the target: the step must still leave the
+    target to the EMA alone."""
+    x = batch["x"]
+    loss = (nets.encoder(x) - target.encoder(x)).pow(2).mean() + target.encoder(x).mean()
+    return loss, {"t/loss": loss.detach()}
+
+
+def test_step_updates_the_online_net_and_moves_the_target_only_by_ema(cpu_session):
+    torch.manual_seed(0)
+    nets = _Pair()
+    target = make_target(nets)
+    target.requires_grad_(True)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(1.0)
+    opt = torch.optim.SGD(nets.parameters(), lr=0.5)
+    step = core.TrainStep(core.LossModule(nets, target, _leaky_loss, None), cpu_session, opt,
+                          ((target, nets, 0.25),))
+    before_online = [p.detach().clone() for p in nets.parameters()]
+    before_target = [p.detach().clone() for p in target.parameters()]
+    metrics = step({"x": torch.randn(8, 3)})
+    assert set(metrics) == {"t/loss"} and set(step.state) == {"optimizer"}
+    for p, b in zip(nets.parameters(), before_online, strict=True):
+        assert not torch.equal(p, b)  # the optimiser moved the online net
+    for t, b, o in zip(target.parameters(), before_target, nets.parameters(), strict=True):
+        torch.testing.assert_close(t.detach(), 0.75 * b + 0.25 * o.detach())
+
+
+def test_step_without_optimizer_trains_nothing(cpu_session):
+    nets = _Pair().requires_grad_(False)
+    before = [p.clone() for p in nets.parameters()]
+
+    def loss_fn(n, t, batch, cfg):
+        return torch.zeros(()), {"none/loss": 0.0}
+
+    step = core.TrainStep(core.LossModule(nets, None, loss_fn, None), cpu_session, None)
+    assert step({"x": torch.zeros(1)}) == {"none/loss": 0.0} and step.state == {}
+    assert all(torch.equal(p, b) for p, b in zip(nets.parameters(), before, strict=True))
+
+
+def test_failed_start_removes_only_a_run_directory_it_created(tmp_path, cpu_session):
+    run = tmp_path / "new"
+    with pytest.raises(RuntimeError), core.run_directory(run, {"a": 1}, cpu_session):
+        assert json.loads((run / runs.CONFIG).read_text()) == {"a": 1}
+        raise RuntimeError("bad input found after the directory was made")
+    assert not run.exists()
+    old = tmp_path / "old"  # an existing run (e.g. resumed) is never deleted
+    old.mkdir()
+    with pytest.raises(RuntimeError), core.run_directory(old, {}, cpu_session):
+        raise RuntimeError
+    assert old.is_dir()
+    fresh = tmp_path / "with_checkpoint"  # a new run that got as far as a checkpoint stays
+    nets = _Pair()
+    with pytest.raises(RuntimeError), core.run_directory(fresh, {}, cpu_session):
+        core.Checkpointer(fresh, cpu_session, {"nets": nets}, {}).save(3, [(3, 0.5)])
+        raise RuntimeError
+    assert runs.latest_checkpoint(fresh) is not None
+
+
+def test_checkpointer_restores_weights_optimizer_step_and_history(tmp_path, cpu_session):
+    torch.manual_seed(0)
+    nets = _Pair()
+    opt = torch.optim.Adam(nets.parameters(), lr=1e-2)
+    nets.encoder(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    history = [(2, 1.5), (4, 1.25)]
+    core.Checkpointer(tmp_path, cpu_session, {"nets": nets}, {"optimizer": opt}).save(4, history)
+    assert json.loads((tmp_path / runs.HISTORY).read_text()) == [list(h) for h in history]
+    other = _Pair()
+    other_opt = torch.optim.Adam(other.parameters(), lr=1e-2)
+    ck = core.Checkpointer(tmp_path, cpu_session, {"nets": other}, {"optimizer": other_opt})
+    assert ck.restore() == (4, history)
+    for a, b in zip(nets.parameters(), other.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert other_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    assert core.Checkpointer(tmp_path / "none", cpu_session, {}, {}).restore() == (0, [])
+
+
+def test_batch_iterator_close_stops_loader_workers():
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Ones(IterableDataset):
+        def __iter__(self):
+            while True:
+                yield {"x": torch.ones(2)}
+
+    it = core.BatchIterator(DataLoader(Ones(), batch_size=None, num_workers=1))
+    assert torch.equal(next(it)["x"], torch.ones(2))
+    assert multiprocessing.active_children()
+    it.close()
+    assert not multiprocessing.active_children()
