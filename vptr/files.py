@@ -13,6 +13,7 @@ Single files are replaced the same way by :func:`atomic_write_text`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from vptr.errors import DataError
 
@@ -40,6 +42,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json_object(folder: str | os.PathLike, name: str, what: str) -> dict[str, Any]:
+    """``folder/name`` as a JSON object; a missing file says ``folder`` is not ``what``, an
+    unreadable or non-object one names the file (DataError either way)."""
+    path = Path(folder) / name
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{folder}: not {what} (no {name})") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return values
 
 
 def ensure_dir(path: str | os.PathLike, what: str = "directory") -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vptr.errors import DataError
+from vptr.files import read_json_object
 
 CONFIG = "config.json"
 HISTORY = "history.json"
@@ -52,16 +53,7 @@ def latest_checkpoint(run: str | os.PathLike) -> Path | None:
 
 def read_config(run: str | os.PathLike, kind: str = "run") -> dict[str, Any]:
     """The ``config.json`` of a run as a dict; a folder that is not a run is a DataError."""
-    path = Path(run) / CONFIG
-    try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{run}: not a {kind} directory (no {CONFIG})") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return values
+    return read_json_object(run, CONFIG, f"a {kind} directory")
 
 
 def read_state(checkpoint: str | os.PathLike) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vptr.errors import DataError
-from vptr.files import atomic_write_text
+from vptr.files import atomic_write_text, read_json_object
 
 ENCODER_FORMAT = "vptr-encoder/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -102,15 +102,10 @@ def export_encoder(out: str | os.PathLike, encoder: torch.nn.Module, name: str,
 def read_encoder_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of an exported encoder, checked for the fields a loader needs."""
     path = Path(folder) / CONFIG_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{folder}: not an exported encoder (no {CONFIG_FILE})") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != ENCODER_FORMAT:
+    meta = read_json_object(folder, CONFIG_FILE, "an exported encoder")
+    if meta.get("format") != ENCODER_FORMAT:
         raise DataError(f"{path}: not a {ENCODER_FORMAT} encoder config "
-                        f"(format {meta.get('format') if isinstance(meta, dict) else meta!r})")
+                        f"(format {meta.get('format')!r})")
     missing = [k for k in ("encoder", "in_channels", "image_size", "out_dim") if k not in meta]
     if missing:
         raise DataError(f"{path}: missing field(s) {', '.join(missing)}")

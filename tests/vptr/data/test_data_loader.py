@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from vptr_data_synth import write_video
 
 from vptr.data.augment import random_shift, shift_gather, shift_numpy
+from vptr.data.batch import FLAG_KEYS, IMAGE_KEYS, INDEX_KEYS, INT_KEYS, stack_frames
 from vptr.data.cache import open_video_source
 from vptr.data.config import SamplerConfig, VideoSourceConfig
 from vptr.data.loader import PretrainSampler, make_loader
-from vptr.data.batch import FLAG_KEYS, IMAGE_KEYS, INDEX_KEYS, INT_KEYS, stack_frames
 from vptr.errors import DataError
 
 B = 32

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from vptr.errors import DataError
 from vptr.nets import make_encoder

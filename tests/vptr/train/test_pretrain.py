@@ -158,18 +158,26 @@ def _tb_steps(run_dir: Path, tag: str) -> list[int]:
     return [e.step for e in acc.Scalars(tag)]
 
 
-def test_history_and_tensorboard_survive_a_kill(square_videos, tmp_path):
-    """A run stopped without a final checkpoint (as by a kill) and resumed keeps the loss
-    history and the TensorBoard scalars of the steps before the kill, the checkpoint step
-    included."""
-    cfg = _small_cfg(square_videos, tmp_path)
-    stopped = train(cfg, stop_after=5)  # checkpoints at 2 and 4, then "killed" after step 5
-    run = Path(stopped["run_dir"])
+def _killed_then_resumed(data, tmp_path):
+    """A run stopped without a final checkpoint (as by a kill: checkpoints at 2 and 4, then
+    stopped after step 5), then resumed to its end (8 steps, logs every 2)."""
+    cfg = _small_cfg(data, tmp_path)
+    stopped = train(cfg, stop_after=5)
     assert stopped["stopped"] and stopped["step"] == 5
-    assert [s for s, _ in json.loads((run / "history.json").read_text())] == [2, 4]
-    result = train(cfg)
+    run = Path(stopped["run_dir"])
+    after_kill = json.loads((run / "history.json").read_text())
+    return run, after_kill, train(cfg)
+
+
+def test_history_survives_a_kill(square_videos, tmp_path):
+    run, after_kill, result = _killed_then_resumed(square_videos, tmp_path)
+    assert [s for s, _ in after_kill] == [2, 4]  # written with each checkpoint
     assert [s for s, _ in result["history"]] == [2, 4, 6, 8]
     assert [s for s, _ in json.loads((run / "history.json").read_text())] == [2, 4, 6, 8]
+
+
+def test_tensorboard_keeps_the_checkpoint_step_after_resume(square_videos, tmp_path):
+    run, _, _ = _killed_then_resumed(square_videos, tmp_path)
     assert _tb_steps(run, "icvf/loss") == [2, 4, 6, 8]
 
 
