@@ -16,6 +16,11 @@ def describe() -> str:
                     break
     except OSError:
         pass
+    try:  # the CPU model alone does not tell machines of one cloud family apart
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as fh:
+            cpu += f" (L3 {fh.read().strip()})"
+    except OSError:
+        pass
     mem = ""
     try:
         with open("/proc/meminfo") as fh:

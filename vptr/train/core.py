@@ -78,6 +78,10 @@ class Session:
         self._exit.callback(thing.close)
         return thing
 
+    def release(self) -> None:
+        """Close what :meth:`closing` registered now (newest first)."""
+        self._exit.close()
+
     def seed_rank(self, seed: int) -> None:
         """After building the networks (same initial weights on every rank): give each rank
         its own stream of random draws."""
@@ -145,6 +149,7 @@ def run_directory(path: Path, config: dict[str, Any], s: Session) -> Iterator[Pa
         yield path
     except BaseException:
         if s.is_main and created and runs.latest_checkpoint(path) is None:
+            s.release()  # writers and loader workers stop before their directory goes
             shutil.rmtree(path, ignore_errors=True)
         raise
 

@@ -280,7 +280,7 @@ def finish(cfg: PretrainConfig, objective: Objective, nets: nn.Module,
 def run(cfg: PretrainConfig) -> int:
     """CLI entry point."""
     result = train(cfg)
-    if not result.get("diagnostics"):
+    if "diagnostics" not in result:  # the other ranks of a torchrun job
         return 0
     print(f"\nrun: {result['run_dir']}  (step {result['step']})")
     for name, d in result["diagnostics"].items():
