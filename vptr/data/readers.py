@@ -338,7 +338,7 @@ def _episode_text(tasks) -> str:
     return " | ".join(str(t) for t in tasks)
 
 
-def _lerobot_meta(root_or_repo: str):
+def lerobot_meta(root_or_repo: str):
     """LeRobot metadata of a local dataset folder (never touches the network) or a repo id.
 
     For a local folder only ``LeRobotDatasetMetadata`` (the ``meta`` of a LeRobotDataset) is
@@ -367,7 +367,7 @@ def _lerobot_meta(root_or_repo: str):
 
 def list_lerobot(root_or_repo: str, cfg: VideoSourceConfig) -> SourceListing:
     """Camera streams of a LeRobotDataset v3.0: one item per (episode, camera)."""
-    meta = _lerobot_meta(root_or_repo)
+    meta = lerobot_meta(root_or_repo)
     root = Path(meta.root)
     is_local = Path(root_or_repo).expanduser().exists()
     depth = set(meta.depth_keys)  # depth maps are not RGB frames; pick them explicitly

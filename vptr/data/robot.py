@@ -123,11 +123,11 @@ def open_robot_dataset(path: str | Path, cfg: RobotSourceConfig | None = None) -
     import pyarrow.parquet as pq
 
     from vptr.data.cache import open_video_source
-    from vptr.data.readers import _lerobot_meta
+    from vptr.data.readers import lerobot_meta
 
     cfg = cfg or RobotSourceConfig()
     path = Path(path)
-    meta = _lerobot_meta(str(path))
+    meta = lerobot_meta(str(path))
     root = Path(meta.root)
     episodes = meta.episodes
     if episodes is None or len(episodes) == 0:

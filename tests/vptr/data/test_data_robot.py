@@ -70,7 +70,7 @@ def test_bad_datasets_are_refused_by_name(robot_dir, source_cfg, tmp_path):
     with pytest.raises(DataError, match=r"file-000.parquet: no feature\(s\) observation.effort"):
         open_robot_dataset(robot_dir, dataclasses.replace(source_cfg,
                                                           state_key="observation.effort"))
-    with pytest.raises(DataError, match="no camera 'observation.images.wrist'"):
+    with pytest.raises(DataError, match=r"no camera 'observation\.images\.wrist'"):
         open_robot_dataset(robot_dir, dataclasses.replace(
             source_cfg, camera_keys=("observation.images.wrist",)))
     bad = tmp_path / "nan"
