@@ -86,3 +86,37 @@ def test_bad_datasets_are_refused_by_name(robot_dir, source_cfg, tmp_path):
         open_robot_dataset(bad, source_cfg)
     with pytest.raises(ConfigError, match="resampling"):
         RobotSourceConfig(frames=VideoSourceConfig(fps=10))
+
+
+def test_chunk_batches_hold_the_dataset_rows(robot_dir, source_cfg):
+    import torch
+
+    from vptr.data.batch import stack_frames
+    from vptr.data.chunk_sampler import ChunkSampler
+
+    ds = open_robot_dataset(robot_dir, source_cfg)
+    sampler = ChunkSampler(ds, h=4, discount=0.9, frame_stack=2, seed=3)
+    batch = sampler.sample(16, step=5)
+    again = sampler.sample(16, step=5)
+    assert all(torch.equal(batch[k], again[k]) for k in batch)  # reproducible by step
+    cam = "obs.observation.images.front"
+    assert batch["actions"].shape == (16, 4, 5) and batch[cam].shape == (16, 6, 32, 32)
+    # an episode's last row starts a chunk of one real action: padded, masked, m = 0
+    last = sampler.batch(np.array([1]), np.array([int(ds.lengths[1]) - 1]))
+    row = int(ds.offsets[1] + ds.lengths[1] - 1)
+    assert last["action_mask"][0].tolist() == [True, False, False, False]
+    assert torch.equal(last["actions"][0], torch.from_numpy(ds.action[[row] * 4]))
+    assert last["chunk_reward"][0].item() == pytest.approx(float(ds.reward[row]))
+    assert last["bootstrap_mask"][0].item() == 0.0
+    for i in range(16):
+        e, t = int(batch["episode"][i]), int(batch["t"][i])
+        rows = ds.offsets[e] + np.minimum(t + np.arange(4), ds.lengths[e] - 1)
+        np.testing.assert_array_equal(batch["actions"][i].numpy(), ds.action[rows])
+        valid = t + np.arange(4) < ds.lengths[e]
+        want = sum(0.9**k * ds.reward[r] for k, r in enumerate(rows) if valid[k])
+        assert batch["chunk_reward"][i].item() == pytest.approx(want, rel=1e-5)
+        frames = ds.cameras["observation.images.front"].trajectory(e)
+        assert torch.equal(batch[cam][i], torch.from_numpy(stack_frames(frames, 2)[t]))
+        next_t = min(t + 4, int(ds.lengths[e]) - 1)
+        assert torch.equal(batch["next_obs.observation.images.front"][i],
+                           torch.from_numpy(stack_frames(frames, 2)[next_t]))

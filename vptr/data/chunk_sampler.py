@@ -1,0 +1,86 @@
+"""Batches of action chunks from a :class:`~vptr.data.robot.RobotDataset`, reproducible by step.
+
+Batch ``step`` depends only on (seed, rank, step), as for pretraining batches. Chunk starts
+are drawn uniformly over :func:`vptr.data.chunks.valid_starts`; the chunk size ``h`` and the
+discount come from the agent's config (declared once there) and are passed in.
+
+Keys (B = batch size, S = frame stack, cameras by their dataset key ``<cam>``):
+
+- ``obs.<cam>``, ``next_obs.<cam>``: uint8 (B, 3*S, H, W) at s_t and s_{t+h} (frames stacked
+  oldest..newest within the episode, as in pretraining: :func:`vptr.data.batch.stack_times`);
+- ``state``, ``next_state``: float32 (B, Ds) when the dataset has a state;
+- ``actions``: float32 (B, h, Da), padded past a terminal with the last real action;
+  ``action_mask``: bool (B, h);
+- ``chunk_reward``: float32 (B,) Σ_k γ^k r_{t+k} over the valid steps; ``bootstrap_mask``:
+  float32 (B,) m (0 when a terminal lies inside the chunk);
+- ``task_index``: int64 (B,); ``episode``, ``t``: int64 (B,).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vptr.data.augment import shift_numpy
+from vptr.data.batch import stack_times
+from vptr.data.chunks import chunk_index, chunk_returns, valid_starts
+from vptr.data.robot import RobotDataset
+from vptr.errors import DataError
+
+
+class ChunkSampler:
+    """Draws chunk batches of size ``h`` from ``ds``."""
+
+    def __init__(self, ds: RobotDataset, h: int, discount: float, frame_stack: int = 1,
+                 shift_pad: int = 0, seed: int = 0, rank: int = 0):
+        self.ds, self.h, self.discount = ds, int(h), float(discount)
+        self.frame_stack, self.shift_pad = int(frame_stack), int(shift_pad)
+        self.seed, self.rank = int(seed), int(rank)
+        self.episode, self.t = valid_starts(ds.lengths, ds.terminal, self.h)
+        if len(self.t) == 0:
+            raise DataError(f"{ds.source}: no chunk of {self.h} steps has a TD target (every "
+                            f"episode is truncated and shorter than h + 1 rows)")
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def sample(self, batch_size: int, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, int(step)])
+        pick = rng.integers(0, len(self.t), size=batch_size)
+        return self.batch(self.episode[pick], self.t[pick], rng)
+
+    def batch(self, episode: np.ndarray, t: np.ndarray,
+              rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The batch of the chunks starting at (episode, t)."""
+        ds = self.ds
+        idx = chunk_index(ds.offsets, ds.lengths, ds.terminal, episode, t, self.h)
+        next_t = idx.next_row - ds.offsets[episode]
+        out: dict[str, torch.Tensor] = {
+            "actions": torch.from_numpy(ds.action[idx.action_rows]),
+            "action_mask": torch.from_numpy(idx.action_mask),
+            "chunk_reward": torch.from_numpy(chunk_returns(
+                ds.reward[idx.action_rows], idx.action_mask, self.discount).astype(np.float32)),
+            "bootstrap_mask": torch.from_numpy(idx.bootstrap_mask),
+            "task_index": torch.from_numpy(ds.task_index[episode]),
+            "episode": torch.from_numpy(np.asarray(episode, dtype=np.int64)),
+            "t": torch.from_numpy(np.asarray(t, dtype=np.int64)),
+        }
+        if ds.state is not None:
+            out["state"] = torch.from_numpy(ds.state[idx.obs_row])
+            out["next_state"] = torch.from_numpy(ds.state[idx.next_row])
+        for cam in ds.cameras:
+            for key, times in (("obs", t), ("next_obs", next_t)):
+                out[f"{key}.{cam}"] = self._images(cam, episode, times, rng)
+        return out
+
+    def _images(self, cam: str, episode: np.ndarray, t: np.ndarray,
+                rng: np.random.Generator | None) -> torch.Tensor:
+        rows = self.ds.offsets[episode][:, None] + stack_times(t, self.frame_stack)  # (B, S)
+        frames = self.ds.images(cam, rows.reshape(-1))  # (B*S, H, W, 3)
+        b, s = rows.shape
+        h, w = frames.shape[1:3]
+        chw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).reshape(b, s * 3, h, w)
+        if self.shift_pad and rng is not None:
+            pad = self.shift_pad
+            chw = shift_numpy(chw, rng.integers(0, 2 * pad + 1, size=(b, 2)), pad)
+        return torch.from_numpy(chw)
