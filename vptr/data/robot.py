@@ -16,7 +16,6 @@ as a truncation. See :mod:`vptr.data.chunks` for what that changes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -211,10 +210,3 @@ def _with_camera(frames: VideoSourceConfig, key: str) -> VideoSourceConfig:
     import dataclasses
 
     return dataclasses.replace(frames, camera_keys=(key,), min_frames=1)
-
-
-def check_fps(ds: RobotDataset, expected: float) -> None:
-    """Refuse a dataset recorded at another rate than the policy's control rate."""
-    if expected and not math.isclose(ds.fps, expected, rel_tol=1e-6):
-        raise DataError(f"{ds.source}: recorded at {ds.fps:g} fps, the config expects "
-                        f"{expected:g}")

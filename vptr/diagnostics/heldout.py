@@ -133,11 +133,8 @@ class PretrainedRun:
 
     def build(self) -> nn.Module:
         """The run's networks, freshly initialised from the current torch seed."""
-        c = self.config
-        return build_model(self.objective.name, self.objective_cfg, c["encoder"],
-                           self.frame_stack, self.image_size,
-                           channels_last=bool(c.get("channels_last", True)),
-                           encoder_weights=c.get("encoder_weights", ""))
+        return _build(self.config, self.objective, self.objective_cfg, self.frame_stack,
+                      self.image_size)
 
 
 def load_pretrained(run: str | Path) -> PretrainedRun:
@@ -160,9 +157,14 @@ def load_pretrained(run: str | Path) -> PretrainedRun:
     latest = runs.latest_checkpoint(run)
     if latest is None:
         raise DataError(f"{run}: has no complete checkpoint yet")
-    loaded = PretrainedRun(run, values, objective, objective_cfg, source, frame_stack,
-                           int(runs.read_state(latest)["step"]), nets=nn.Identity())
-    loaded.nets = loaded.build()
-    load_modules(latest / runs.WEIGHTS, {"nets": loaded.nets})
-    loaded.nets.eval()
-    return loaded
+    nets = _build(values, objective, objective_cfg, frame_stack, source.image_size)
+    load_modules(latest / runs.WEIGHTS, {"nets": nets})
+    return PretrainedRun(run, values, objective, objective_cfg, source, frame_stack,
+                         int(runs.read_state(latest)["step"]), nets.eval())
+
+
+def _build(config: dict[str, Any], objective: Objective, objective_cfg: Any, frame_stack: int,
+           image_size: int) -> nn.Module:
+    return build_model(objective.name, objective_cfg, config["encoder"], frame_stack,
+                       image_size, channels_last=bool(config.get("channels_last", True)),
+                       encoder_weights=config.get("encoder_weights", ""))
