@@ -1,0 +1,104 @@
+"""Q-chunking with best-of-N sampling (QC; Li, Zhou, Levine 2025).
+
+A critic ``Q(s, A)`` over whole action chunks ``A = a_{t:t+h}`` (K LayerNorm MLP heads) is
+trained by chunked TD (spec: finetuning.md, "Chunks")::
+
+    y = R^h + γ^h · m · mean_k Q̄_k(s_{t+h}, Â'),   Â' = argmax_{i≤N} Q̄(s_{t+h}, A^i),
+    A^i ~ π_β(· | s_{t+h})
+
+and the behaviour policy π_β is a flow-matching chunk policy trained by BC only (no Q
+gradient reaches it). Acting uses the same best-of-N selection under the online critic.
+
+Choices: candidates in the target are ranked by the *target* critic that then scores the
+winner (the reference ranks with the online critic): one critic pass fewer per update,
+and each next observation is encoded once per network, not once per candidate. ``N = 1``
+is exactly a plain policy sample (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from vptr.config import helpfield
+from vptr.errors import ConfigError
+from vptr.finetune.common import (
+    AgentConfig,
+    AgentNets,
+    TrunkFactory,
+    actions_of,
+    aggregate,
+    chunk_target,
+    make_obs_encoder,
+    make_policy,
+)
+from vptr.finetune.nets import DataSpec, QNet, best_of_n, flow_matching_loss, sample_candidates
+
+
+@dataclass(frozen=True)
+class QCConfig(AgentConfig):
+    """QC best-of-N (defaults for 2 CPU cores; paper: N 32, 4 x 512, batch 256)."""
+
+    target_samples: int = helpfield(8, "best-of-N candidates in the TD target [paper: 32]")
+    act_samples: int = helpfield(32, "best-of-N candidates when acting")
+    critic_heads: int = helpfield(2, "critic ensemble size")
+    q_agg: Literal["mean", "min"] = helpfield("mean", "ensemble aggregation in the target")
+    target_rate: float = helpfield(0.005, "Polyak rate of the target critic")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_samples < 1 or self.critic_heads < 1:
+            raise ConfigError("target_samples and critic_heads must be >= 1")
+
+
+class QCNets(AgentNets):
+    def __init__(self, cfg: QCConfig, spec: DataSpec, trunks: TrunkFactory):
+        super().__init__(spec)
+        self.policy = make_policy(cfg, spec, trunks)
+        self.q = QNet(make_obs_encoder(cfg, spec, trunks), cfg.chunk, spec.action_dim,
+                      cfg.critic_heads, cfg.hidden)
+
+
+def create(cfg: QCConfig, spec: DataSpec, trunks: TrunkFactory) -> QCNets:
+    return QCNets(cfg, spec, trunks)
+
+
+def target_of(nets: QCNets) -> torch.nn.Module:
+    return nets.q
+
+
+@torch.no_grad()
+def td_target(nets: QCNets, target_q: QNet, batch: dict[str, torch.Tensor],
+              cfg: QCConfig) -> torch.Tensor:
+    """``R^h + γ^h m mean_k Q̄_k(s', Â')`` with Â' the best of N policy samples at s'."""
+    zp = nets.policy.encoder(batch, "next_obs")
+    zt = target_q.encoder(batch, "next_obs")
+    cands = sample_candidates(nets.policy, zp, cfg.target_samples, cfg.flow_steps)
+    best = best_of_n(target_q, zt, cands)
+    return chunk_target(batch, cfg.discount, cfg.chunk,
+                        aggregate(target_q.score(zt, best), cfg.q_agg))
+
+
+def loss_fn(nets: QCNets, target_q: QNet, batch: dict[str, torch.Tensor], cfg: QCConfig):
+    actions, mask = actions_of(nets, batch)
+    y = td_target(nets, target_q, batch, cfg)
+    q = nets.q.score(nets.q.encoder(batch, "obs"), actions)  # (K, B)
+    critic_loss = (q - y).square().mean()
+    actor_loss = flow_matching_loss(nets.policy.flow, nets.policy.encoder(batch, "obs"),
+                                    actions, mask)
+    loss = critic_loss + actor_loss
+    return loss, {"loss": loss.detach(), "critic/loss": critic_loss.detach(),
+                  "critic/q": q.detach().mean(), "critic/target": y.mean(),
+                  "actor/bc_loss": actor_loss.detach()}
+
+
+@torch.no_grad()
+def act(nets: QCNets, batch: dict[str, torch.Tensor], cfg: QCConfig,
+        samples: int | None = None) -> torch.Tensor:
+    """Best-of-N chunks (B, h, Da), normalised units."""
+    n = samples or cfg.act_samples
+    cands = sample_candidates(nets.policy, nets.policy.encoder(batch, "obs"), n,
+                              cfg.flow_steps)
+    return best_of_n(nets.q, nets.q.encoder(batch, "obs"), cands)
