@@ -5,6 +5,26 @@ Observation: ``{"state": float32 (D,), "pixels": {camera: uint8 (H, W, 3)}}`` (n
 (arm: joint positions and velocities, tool position, tool yaw, gripper opening in
 metres; hand: tool position, yaw, opening, palm velocity).
 
+With ``environment_state=True`` the observation also holds ``"environment_state"``:
+float32 (:data:`ENV_STATE_DIM`,), the task's privileged object state
+(:meth:`sim.native.tasks.Task.privileged`) for state-based policies (the proprioceptive
+"state" holds no object pose, so Lift cannot be solved from it). Layout: the task's
+entries in the order its ``privileged()`` declares them, each flattened (a 3-vector
+``cube_pos`` becomes ``cube_pos_x, cube_pos_y, cube_pos_z``), then zeros up to
+``ENV_STATE_DIM`` (named ``pad_0, pad_1, ...``), so every native task has the same width
+and a multi-task dataset has one layout. ``environment_state_names`` names the entries:
+
+=========  ===================================================  =====
+task       entries                                              width
+=========  ===================================================  =====
+reach      target_pos                                           3
+push       cube_pos, cube_yaw, goal_pos                         7
+lift       cube_pos, cube_yaw                                   4
+pickplace  cube_pos, cube_yaw, bin_pos                          7
+stack      cube_pos, cube_yaw, base_pos, base_yaw               8
+drawer     handle_pos, drawer_open, cabinet_pos                 7
+=========  ===================================================  =====
+
 Action: ``Box(-1, 1, (5,))`` = ``[dx, dy, dz, dyaw, grip]``: 1.0 moves the tool target
 by 2 cm (or 0.15 rad) per 20 Hz step; grip -1 opens, +1 closes (see
 :mod:`sim.native.embodiments`). Out-of-range actions are clipped.
@@ -34,6 +54,10 @@ from vptr.errors import ConfigError, unknown
 
 CAMERAS = ("front", "wrist")
 START_JITTER = 0.03  # initial tool position: home +- 3 cm per axis
+# Width of obs["environment_state"]: the widest task's privileged state (stack: two poses
+# of position + yaw); narrower tasks are zero-padded to it (module docstring).
+ENV_STATE_DIM = 8
+_AXES = ("x", "y", "z")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +73,9 @@ class TabletopConfig:
     reward_type: Literal["sparse", "dense"] = helpfield("sparse", "sparse (0/1) or dense shaping")
     terminate_on_success: bool = helpfield(True, "end the episode when the task is solved")
     render_mode: str | None = helpfield(None, "None or rgb_array (render() = front image)")
+    environment_state: bool = helpfield(
+        False, f"add obs['environment_state']: the task's privileged object state, "
+               f"zero-padded to {ENV_STATE_DIM} entries (names: environment_state_names)")
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -74,7 +101,7 @@ class TabletopConfig:
             raise ConfigError(f"domain_shift must be a number in [0, 1], got {shift!r}")
         if self.reward_type not in ("sparse", "dense"):
             raise ConfigError(f"reward_type must be 'sparse' or 'dense', got {self.reward_type!r}")
-        for name in ("render_images", "terminate_on_success"):
+        for name in ("render_images", "terminate_on_success", "environment_state"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.render_mode not in (None, "rgb_array"):
@@ -92,12 +119,13 @@ class TabletopEnv(gym.Env):
                  image_size: int = 64, cameras: tuple[str, ...] = ("front",),
                  render_images: bool = True, domain_shift: float = 0.0,
                  reward_type: Literal["sparse", "dense"] = "sparse",
-                 terminate_on_success: bool = True, render_mode: str | None = None) -> None:
+                 terminate_on_success: bool = True, render_mode: str | None = None,
+                 environment_state: bool = False) -> None:
         cfg = TabletopConfig(task=task, embodiment=embodiment, image_size=image_size,
                              cameras=tuple(cameras) if isinstance(cameras, list) else cameras,
                              render_images=render_images, domain_shift=domain_shift,
                              reward_type=reward_type, terminate_on_success=terminate_on_success,
-                             render_mode=render_mode)
+                             render_mode=render_mode, environment_state=environment_state)
         self.config = cfg
         self.task, self.embodiment = cfg.task, cfg.embodiment
         self.render_mode = cfg.render_mode
@@ -119,6 +147,7 @@ class TabletopEnv(gym.Env):
         self._emb.bind(self.model, self.data)
         self._task.bind(self.model)
         self._randomizer = Randomizer(self.model, self._task.color_geoms)
+        self.environment_state_names = environment_state_names(self._task.privileged(self.data))
         self._needs_com = isinstance(self._emb, Arm)  # the arm's IK needs cdof (mj_comPos)
 
         self._renderer: _render.FrameRenderer | None = None
@@ -128,6 +157,8 @@ class TabletopEnv(gym.Env):
 
         n = len(self.state_names)
         obs = {"state": spaces.Box(-np.inf, np.inf, (n,), np.float32)}
+        if cfg.environment_state:
+            obs["environment_state"] = spaces.Box(-np.inf, np.inf, (ENV_STATE_DIM,), np.float32)
         if cfg.render_images:
             shape = (self.image_size, self.image_size, 3)
             obs["pixels"] = spaces.Dict(
@@ -198,6 +229,8 @@ class TabletopEnv(gym.Env):
     # -- extras --------------------------------------------------------------------------
     def _observation(self) -> dict[str, Any]:
         obs: dict[str, Any] = {"state": self._emb.state()}
+        if self.config.environment_state:
+            obs["environment_state"] = flatten_environment_state(self.privileged_state())
         if self.config.render_images:
             r = self._renderer
             obs["pixels"] = {c: r.render(self.data, c) for c in self.cameras}
@@ -229,3 +262,25 @@ class TabletopEnv(gym.Env):
         except Exception:
             pass
 
+
+def environment_state_names(privileged: dict[str, np.ndarray]) -> list[str]:
+    """Names of the :data:`ENV_STATE_DIM` entries of ``obs["environment_state"]``."""
+    names: list[str] = []
+    for key, value in privileged.items():
+        n = int(np.size(value))
+        if n == 1:
+            names.append(key)
+        else:
+            names += [f"{key}_{_AXES[i]}" if n == 3 else f"{key}_{i}" for i in range(n)]
+    if len(names) > ENV_STATE_DIM:  # a new task wider than the constant: raise the constant
+        raise RuntimeError(f"privileged state has {len(names)} entries > ENV_STATE_DIM = "
+                           f"{ENV_STATE_DIM}: {names}")
+    return names + [f"pad_{i}" for i in range(ENV_STATE_DIM - len(names))]
+
+
+def flatten_environment_state(privileged: dict[str, np.ndarray]) -> np.ndarray:
+    """The privileged dict as float32 (ENV_STATE_DIM,): entries in order, zero-padded."""
+    out = np.zeros(ENV_STATE_DIM, np.float32)
+    flat = np.concatenate([np.ravel(v) for v in privileged.values()])
+    out[:len(flat)] = flat
+    return out

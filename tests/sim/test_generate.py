@@ -57,12 +57,79 @@ def test_robot_dataset_opens_with_lerobot(robot_ds):
     assert np.all(np.abs(acts) <= 1.0 + 1e-6)
 
 
+def test_native_object_state_is_recorded(robot_ds):
+    """observation.environment_state: the padded privileged state, one width for all tasks."""
+    import pyarrow.parquet as pq
+
+    import sim
+    from sim.native.env import ENV_STATE_DIM, flatten_environment_state
+
+    cfg, out, record = robot_ds
+    info = json.loads((out / "meta" / "info.json").read_text())
+    feature = info["features"]["observation.environment_state"]
+    assert feature["shape"] == [ENV_STATE_DIM]
+    # Reach and Lift name their entries differently: positions in the feature, names per task
+    assert feature["names"] == [f"environment_state_{i}" for i in range(ENV_STATE_DIM)]
+    names = record["stats"]["environment_state_names"]
+    assert names["vptr/Lift-v0"][:4] == ["cube_pos_x", "cube_pos_y", "cube_pos_z", "cube_yaw"]
+    table = pq.read_table(next((out / "data").rglob("*.parquet"))).to_pandas()
+    first = table[table["frame_index"] == 0].sort_values("episode_index")
+    recorded = first["observation.environment_state"].tolist()
+    for got, (k, i) in zip(recorded, [(0, 0), (0, 1), (1, 0), (1, 1)], strict=True):
+        env = sim.make(cfg.tasks[k], render_images=False)
+        env.reset(seed=cfg.seed + 10000 * k + i)  # the seed of episode i of task k
+        want = flatten_environment_state(env.unwrapped.privileged_state())
+        np.testing.assert_array_equal(np.asarray(got, np.float32), want)
+        env.close()
+
+
 def test_generation_is_cached(robot_ds):
     cfg, out, record = robot_ds
     messages = []
     out2, record2 = generate_robot(cfg, log=messages.append)
     assert out2 == out and record2 == record and "cached" in messages[0]
     assert json.loads((out / MARKER).read_text())["config"]["episodes_per_task"] == 2
+
+
+def test_robomimic_file_has_robomimics_schema(tmp_path):
+    import h5py
+
+    import sim
+    from sim.generate import ROBOMIMIC_FILE
+    from sim.native.env import ENV_STATE_DIM
+
+    cfg = RobotDataConfig(tasks=("vptr/Reach-v0",), episodes_per_task=3, image_size=32,
+                          format="robomimic", data_dir=tmp_path)
+    out, record = generate_robot(cfg, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == sorted([ROBOMIMIC_FILE, MARKER])
+    with h5py.File(out / ROBOMIMIC_FILE, "r") as f:
+        demos = sorted(f["data"], key=lambda d: int(d.split("_")[1]))
+        assert demos == ["demo_0", "demo_1", "demo_2"]
+        env_args = json.loads(f["data"].attrs["env_args"])
+        assert env_args["env_name"] == "vptr/Reach-v0" and env_args["type"] == 2
+        assert env_args["env_kwargs"]["environment_state"] is True
+        lengths = []
+        for d in demos:
+            g = f["data"][d]
+            t = int(g.attrs["num_samples"])
+            lengths.append(t)
+            assert g["actions"].shape == (t, 5) and g["rewards"].shape == g["dones"].shape == (t,)
+            assert sorted(g["obs"]) == ["environment_state", "front_image", "state"]
+            assert g["obs/front_image"].shape == (t, 32, 32, 3)
+            assert g["obs/front_image"].dtype == np.uint8
+            assert g["obs/environment_state"].shape == (t, ENV_STATE_DIM)
+            assert g["dones"][-1] == 1 and not g["dones"][:-1].any()
+            assert json.loads(g.attrs["ep_meta"])["lang"] == "reach the red ball"
+        assert int(f["data"].attrs["total"]) == sum(lengths) == record["stats"]["frames"]
+        train = [n.decode() for n in f["mask/train"][:]]
+        valid = [n.decode() for n in f["mask/valid"][:]]
+        assert sorted(train + valid) == demos and len(valid) == 1
+        # row 0 is the observation after reset(seed): the image the env renders then
+        env = sim.make("vptr/Reach-v0", image_size=32)
+        obs, _ = env.reset(seed=cfg.seed + 1)
+        np.testing.assert_array_equal(f["data/demo_1/obs/front_image"][0], obs["pixels"]["front"])
+        np.testing.assert_array_equal(f["data/demo_1/obs/state"][0], obs["state"])
+        env.close()
 
 
 @pytest.fixture(scope="module")
