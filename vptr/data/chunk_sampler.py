@@ -13,7 +13,15 @@ Keys (B = batch size, S = frame stack, cameras by their dataset key ``<cam>``):
   ``action_mask``: bool (B, h);
 - ``chunk_reward``: float32 (B,) Σ_k γ^k r_{t+k} over the valid steps; ``bootstrap_mask``:
   float32 (B,) m (0 when a terminal lies inside the chunk);
-- ``task_index``: int64 (B,); ``episode``, ``t``: int64 (B,).
+- ``task_index``: int64 (B,); ``episode``, ``t``: int64 (B,); ``step``: int64 (B,) the
+  batch's training step (agents with phases read it);
+- ``mc_return``: float32 (B,) the discounted return-to-go Σ_k γ^k r_{t+k} to the episode's
+  end: exact for episodes ending in a terminal, ``-inf`` (unknown) for truncated ones;
+- ``obs_row``, ``next_row``: int64 (B,) dataset rows of s_t and s_{t+h} (frozen encoders
+  look their cached embeddings up by row).
+
+``images=False`` leaves the camera images out (the embeddings of a frozen encoder replace
+them).
 """
 
 from __future__ import annotations
@@ -32,14 +40,17 @@ class ChunkSampler:
     """Draws chunk batches of size ``h`` from ``ds``."""
 
     def __init__(self, ds: RobotDataset, h: int, discount: float, frame_stack: int = 1,
-                 shift_pad: int = 0, seed: int = 0, rank: int = 0):
+                 shift_pad: int = 0, seed: int = 0, rank: int = 0, images: bool = True):
         self.ds, self.h, self.discount = ds, int(h), float(discount)
+        self.images = bool(images)
         self.frame_stack, self.shift_pad = int(frame_stack), int(shift_pad)
         self.seed, self.rank = int(seed), int(rank)
         self.episode, self.t = valid_starts(ds.lengths, ds.terminal, self.h)
         if len(self.t) == 0:
             raise DataError(f"{ds.source}: no chunk of {self.h} steps has a TD target (every "
                             f"episode is truncated and shorter than h + 1 rows)")
+        self.returns_to_go = returns_to_go(ds.reward, ds.offsets, ds.lengths, ds.terminal,
+                                           self.discount)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -47,7 +58,9 @@ class ChunkSampler:
     def sample(self, batch_size: int, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.rank, int(step)])
         pick = rng.integers(0, len(self.t), size=batch_size)
-        return self.batch(self.episode[pick], self.t[pick], rng)
+        out = self.batch(self.episode[pick], self.t[pick], rng)
+        out["step"] = torch.full((batch_size,), int(step), dtype=torch.int64)
+        return out
 
     def batch(self, episode: np.ndarray, t: np.ndarray,
               rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -64,11 +77,14 @@ class ChunkSampler:
             "task_index": torch.from_numpy(ds.task_index[episode]),
             "episode": torch.from_numpy(np.asarray(episode, dtype=np.int64)),
             "t": torch.from_numpy(np.asarray(t, dtype=np.int64)),
+            "mc_return": torch.from_numpy(self.returns_to_go[idx.obs_row]),
+            "obs_row": torch.from_numpy(idx.obs_row),
+            "next_row": torch.from_numpy(idx.next_row),
         }
         if ds.state is not None:
             out["state"] = torch.from_numpy(ds.state[idx.obs_row])
             out["next_state"] = torch.from_numpy(ds.state[idx.next_row])
-        for cam in ds.cameras:
+        for cam in ds.cameras if self.images else ():
             for key, times in (("obs", t), ("next_obs", next_t)):
                 out[f"{key}.{cam}"] = self._images(cam, episode, times, rng)
         return out
@@ -84,3 +100,18 @@ class ChunkSampler:
             pad = self.shift_pad
             chw = shift_numpy(chw, rng.integers(0, 2 * pad + 1, size=(b, 2)), pad)
         return torch.from_numpy(chw)
+
+
+def returns_to_go(reward: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                  terminal: np.ndarray, gamma: float) -> np.ndarray:
+    """float32 (N,) ``G_t = Σ_{k≥0} γ^k r_{t+k}`` within each episode; ``-inf`` for every
+    row of a truncated episode (what comes after its last row is unknown)."""
+    out = np.empty(len(reward), dtype=np.float64)
+    for o, n, term in zip(offsets, lengths, terminal):
+        g, r = 0.0, reward[o:o + n]
+        for i in range(n - 1, -1, -1):
+            g = float(r[i]) + gamma * g
+            out[o + i] = g
+        if not term:
+            out[o:o + n] = -np.inf
+    return out.astype(np.float32)

@@ -78,7 +78,7 @@ class PretrainSampler:
 class BatchStream(IterableDataset):
     """Whole batches ``start_step, start_step+1, ...`` (``num_steps`` of them, or forever)."""
 
-    def __init__(self, sampler: PretrainSampler, batch_size: int, start_step: int = 0,
+    def __init__(self, sampler, batch_size: int, start_step: int = 0,
                  num_steps: int | None = None):
         super().__init__()
         self.sampler = sampler
@@ -112,8 +112,17 @@ def make_loader(store: FrameStore, cfg: SamplerConfig | None, batch_size: int, s
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    stream = BatchStream(PretrainSampler(store, cfg, seed, rank), batch_size, start_step,
-                         num_steps)
+    return stream_loader(PretrainSampler(store, cfg, seed, rank), batch_size, start_step,
+                         num_workers, num_steps, pin_memory, multiprocessing_context)
+
+
+def stream_loader(sampler, batch_size: int, start_step: int = 0, num_workers: int = 0,
+                  num_steps: int | None = None, pin_memory: bool = False,
+                  multiprocessing_context: str | None = None) -> DataLoader:
+    """A DataLoader over ``sampler.sample(batch_size, step)`` for steps ``start_step, ...``
+    in order, for any number of workers (any sampler with that method: pretraining's,
+    :class:`~vptr.data.chunk_sampler.ChunkSampler`)."""
+    stream = BatchStream(sampler, batch_size, start_step, num_steps)
     extra = {"persistent_workers": True, "prefetch_factor": 2} if num_workers > 0 else {}
     if num_workers > 0 and multiprocessing_context is not None:
         extra["multiprocessing_context"] = multiprocessing_context
