@@ -66,26 +66,107 @@ def test_chunks_over_a_real_dataset(robot_dir, source_cfg):
     assert len(ep2) == int((never.lengths - 4).clip(0).sum())
 
 
-def test_bad_datasets_are_refused_by_name(robot_dir, source_cfg, tmp_path):
-    with pytest.raises(DataError, match=r"file-000.parquet: no feature\(s\) observation.effort"):
-        open_robot_dataset(robot_dir, dataclasses.replace(source_cfg,
-                                                          state_key="observation.effort"))
-    with pytest.raises(DataError, match=r"no camera 'observation\.images\.wrist'"):
-        open_robot_dataset(robot_dir, dataclasses.replace(
-            source_cfg, camera_keys=("observation.images.wrist",)))
-    bad = tmp_path / "nan"
-    shutil.copytree(robot_dir, bad)
-    data_file = next((bad / "data").rglob("*.parquet"))
-    table = pq.read_table(data_file).to_pandas()
-    row = int(np.flatnonzero(table["episode_index"] == 1)[3])
-    table.at[row, "action"] = np.array([np.nan] * 5, np.float32)
+def test_state_keys_are_concatenated_in_order(robot_dir, source_cfg):
+    ds = open_robot_dataset(robot_dir, source_cfg)
+    both = open_robot_dataset(robot_dir, dataclasses.replace(
+        source_cfg, state_keys=("observation.environment_state", "observation.state"),
+        state_dim=8 + ds.state.shape[1]))
+    assert both.state.shape == (len(ds.action), 8 + ds.state.shape[1])
+    np.testing.assert_array_equal(both.state[:, 8:], ds.state)
+    assert both.feature_names["state"][:3] == ["target_pos_x", "target_pos_y", "target_pos_z"]
+    assert both.feature_names["state"][8:] == ds.feature_names["state"]
+    assert ds.feature_names["state"][-1] == "gripper_opening"
+    assert both.state_widths == [8, ds.state.shape[1]] and ds.state_widths == [15]
+    assert both.feature_names["observation.state"] == ds.feature_names["state"]
+    # the Reach target (the object state) is constant over an episode and differs between
+    e0, e1 = (both.state[ds.offsets[e]:ds.offsets[e] + ds.lengths[e], :3] for e in (0, 1))
+    assert (e0 == e0[0]).all() and not np.array_equal(e0[0], e1[0])
+    none = open_robot_dataset(robot_dir, dataclasses.replace(source_cfg, state_keys=()))
+    assert none.state is None and "state" not in none.feature_names and "state" not in none.stats()
+
+
+def _rewrite_parquet(folder, edit) -> None:
+    """Apply ``edit(pandas frame) -> frame`` to the data file of a copied dataset."""
     import pyarrow as pa
 
-    pq.write_table(pa.Table.from_pandas(table, schema=pq.read_schema(data_file)), data_file)
-    with pytest.raises(DataError, match=r"'action' has NaN or Inf in episode 1"):
+    data_file = next((folder / "data").rglob("*.parquet"))
+    schema = pq.read_schema(data_file)
+    table = edit(pq.read_table(data_file).to_pandas())
+    pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), data_file)
+
+
+def test_nan_actions_are_refused_by_file_episode_and_step(robot_dir, source_cfg, tmp_path):
+    bad = tmp_path / "nan"
+    shutil.copytree(robot_dir, bad)
+
+    def nan_action(table):
+        row = int(np.flatnonzero(table["episode_index"] == 1)[3])
+        table.at[row, "action"] = np.array([np.nan] * 5, np.float32)
+        return table
+
+    _rewrite_parquet(bad, nan_action)
+    with pytest.raises(DataError, match=r"nan/data/chunk-000/file-000\.parquet, episode 1: "
+                                         r"feature 'action' has NaN or Inf at step 3 \(1 rows"):
         open_robot_dataset(bad, source_cfg)
-    with pytest.raises(ConfigError, match="resampling"):
-        RobotSourceConfig(frames=VideoSourceConfig(fps=10))
+
+
+def test_empty_episode_is_refused(robot_dir, source_cfg, tmp_path):
+    bad = tmp_path / "empty"
+    shutil.copytree(robot_dir, bad)
+    _rewrite_parquet(bad, lambda t: t[t["episode_index"] != 2])
+    meta_file = next((bad / "meta" / "episodes").rglob("*.parquet"))
+    episodes = pq.read_table(meta_file).to_pandas()
+    episodes.loc[episodes["episode_index"] == 2, "length"] = 0
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pandas(episodes, schema=pq.read_schema(meta_file),
+                                        preserve_index=False), meta_file)
+    with pytest.raises(DataError, match=r"file-000\.parquet, episode 2: empty episode"):
+        open_robot_dataset(bad, source_cfg)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"state_keys": ("observation.effort",)},
+     r"file-000\.parquet, episode 0: no feature\(s\) observation\.effort \(has: "),
+    ({"action_key": "actions"}, r"file-000\.parquet, episode 0: no feature\(s\) actions"),
+    ({"action_dim": 7}, r"file-000\.parquet, episode 0: action 'action' has 5 values per "
+                        r"row, the config expects action_dim=7"),
+    ({"state_dim": 14}, r"file-000\.parquet, episode 0: state 'observation\.state' has 15 "
+                        r"values per row, the config expects state_dim=14"),
+    ({"fps": 10.0}, r"meta/info\.json: recorded at 20 fps \(every episode\), the config "
+                    r"expects fps=10"),
+    ({"camera_keys": ("observation.images.wrist",)}, r"no camera 'observation\.images\.wrist'"),
+    ({"filter_key": "train"}, r"filter_key='train' selects a robomimic split"),
+])
+def test_mismatches_with_the_config_are_refused_by_name(robot_dir, source_cfg, change, message):
+    with pytest.raises(DataError, match=message) as err:
+        open_robot_dataset(robot_dir, dataclasses.replace(source_cfg, **change))
+    assert str(robot_dir) in str(err.value)
+
+
+def test_other_paths_are_refused(tmp_path, source_cfg):
+    with pytest.raises(DataError, match="robot dataset not found"):
+        open_robot_dataset(tmp_path / "nope", source_cfg)
+    (tmp_path / "a.csv").write_text("x")
+    with pytest.raises(DataError, match=r"a\.csv: not a robot dataset"):
+        open_robot_dataset(tmp_path / "a.csv", source_cfg)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "demo.hdf5").write_bytes(b"")
+    with pytest.raises(DataError, match=r"no meta/info\.json\); it holds demo\.hdf5"):
+        open_robot_dataset(tmp_path / "folder", source_cfg)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"frames": VideoSourceConfig(fps=10)}, "resampling"),
+    ({"state_keys": "observation.state"}, "state_keys must be a tuple"),
+    ({"state_keys": ("a", "a")}, "duplicates"),
+    ({"state_keys": (), "state_dim": 3}, "state_keys is empty"),
+    ({"fps": -1.0}, "fps must be >= 0"),
+    ({"action_dim": -2}, "action_dim must be >= 0"),
+])
+def test_config_is_validated(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        RobotSourceConfig(**kwargs)
 
 
 def test_chunk_batches_hold_the_dataset_rows(robot_dir, source_cfg):
