@@ -269,7 +269,12 @@ def open_video_source(spec: str | os.PathLike, cfg: VideoSourceConfig | None = N
     ``store.skipped``; raises DataError if no trajectory is usable.
     """
     cfg = cfg or VideoSourceConfig()
-    listing = list_source(spec, cfg)
+    return open_listing(list_source(spec, cfg), cfg)
+
+
+def open_listing(listing: SourceListing, cfg: VideoSourceConfig) -> FrameStore:
+    """The frame store of an already listed source (any items with ``decode(cfg)``, e.g.
+    the image arrays of a robomimic file): the valid cache, or decoded into it now."""
     if not listing.items:
         what = (skip_summary(listing.skipped, listing.total, listing.unit) if listing.skipped
                 else f"it holds no {listing.unit}")

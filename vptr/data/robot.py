@@ -337,7 +337,7 @@ def open_cameras(path: Path, meta, cfg: RobotSourceConfig, lengths: np.ndarray,
     for key in keys:
         if key not in available:
             raise DataError(f"{path}: no camera {key!r} (cameras: {', '.join(available)})")
-        store = open_video_source(path, _with_camera(cfg.frames, key))
+        store = open_video_source(path, camera_frames_config(cfg.frames, key))
         if store.skipped or not np.array_equal(store.lengths, lengths):
             raise DataError(f"{path}: camera {key!r} does not match the episodes "
                             f"({store.skip_summary() if store.skipped else 'frame counts differ'})")
@@ -345,7 +345,8 @@ def open_cameras(path: Path, meta, cfg: RobotSourceConfig, lengths: np.ndarray,
     return out
 
 
-def _with_camera(frames: VideoSourceConfig, key: str) -> VideoSourceConfig:
+def camera_frames_config(frames: VideoSourceConfig, key: str) -> VideoSourceConfig:
+    """The frame-cache config of one camera: its key is part of the cache key."""
     import dataclasses
 
     return dataclasses.replace(frames, camera_keys=(key,), min_frames=1)
