@@ -293,8 +293,8 @@ def open_robomimic_dataset(path: str | Path, cfg: RobotSourceConfig | None = Non
 
 def _camera_paths(g, where: str, cfg: RobotSourceConfig) -> list[str]:
     available = [f"obs/{k}" for k in sorted(g["obs"]) if k.endswith(IMAGE_SUFFIX)] \
-        if "obs" in g else []
-    if not cfg.camera_keys:
+        if "obs" in g and cfg.images else []
+    if not cfg.images or not cfg.camera_keys:
         return available
     paths = [camera_path(k) for k in cfg.camera_keys]
     for key, p in zip(cfg.camera_keys, paths):

@@ -56,6 +56,7 @@ class RobotSourceConfig:
     terminal: Literal["success", "done", "never"] = helpfield(
         "success", "which episode ends are terminals: a final success, any final done, or "
                    "none (every end is a time-limit truncation)")
+    images: bool = helpfield(True, "read camera images (false: state-only learning)")
     camera_keys: tuple[str, ...] = helpfield((), "camera features to read (empty: all RGB "
                                                  "cameras)")
     fps: float = helpfield(0.0, "expected dataset rate in Hz (the policy's control rate); a "
@@ -332,7 +333,7 @@ def open_cameras(path: Path, meta, cfg: RobotSourceConfig, lengths: np.ndarray,
     """One frame store per camera, checked to hold exactly the dataset's rows."""
     depth = set(meta.depth_keys)
     available = [k for k in meta.camera_keys if k not in depth]
-    keys = list(cfg.camera_keys) or available
+    keys = (list(cfg.camera_keys) or available) if cfg.images else []
     out = {}
     for key in keys:
         if key not in available:
