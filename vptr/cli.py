@@ -50,6 +50,22 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "source. Checkpoints, TensorBoard logs and value diagnostics go to the run "
         "directory; rerunning the same command resumes. Multi-process: torchrun "
         "--nproc_per_node N -m vptr pretrain ..."),
+    "finetune": Command(
+        "fine-tune a policy by chunked offline RL on a robot dataset",
+        "vptr.train.finetune_loop:FinetuneConfig", "vptr.train.finetune_loop:run",
+        "QC (best-of-N over a flow chunk policy), chunked flow BC, chunked IQL, DQC or a "
+        "CO-RFT-style agent on a LeRobotDataset v3.0 or robomimic HDF5 file, with image "
+        "trunks new, from a `vptr pretrain` run (--encoder.init RUN) or frozen. Checkpoints, "
+        "TensorBoard, evaluation in simulation (--eval-env ID) and the policy folder go to "
+        "the run directory; rerunning the same command resumes. Multi-process: torchrun "
+        "--nproc_per_node N -m vptr finetune ..."),
+    "eval": Command(
+        "evaluate a fine-tuned policy in simulation: success rate with a 95% interval",
+        "vptr.evaluate:EvalCommandConfig", "vptr.evaluate:run",
+        "Runs N episodes of a policy (--run DIR of `vptr finetune`, or --policy DIR) in any "
+        "registered environment whose observations match the policy (mismatches are "
+        "listed and refused), across worker processes; writes a JSON report and mp4 videos "
+        "of a few episodes."),
     "evaluate-values": Command(
         "score a pretraining run's value on held-out video against baselines",
         "vptr.diagnostics.evaluate:EvaluateValuesConfig", "vptr.diagnostics.evaluate:run",

@@ -32,7 +32,7 @@ class AgentConfig:
                                                               "critics [QC paper: 4 x 512]")
     feature_dim: int = helpfield(256, "width of the image head (Dense -> LayerNorm -> tanh)")
     task_dim: int = helpfield(16, "task-embedding width (multi-task data)")
-    flow_steps: int = helpfield(10, "Euler steps of the flow policy")
+    flow_steps: int = helpfield(5, "Euler steps of the flow policy [QC paper: 10]")
     act_samples: int = helpfield(1, "best-of-N samples when acting (1 = plain policy sample)")
 
     def __post_init__(self) -> None:

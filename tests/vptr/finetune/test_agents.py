@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from vptr.finetune import AGENTS, dqc, get_agent, qc
-from vptr.finetune.nets import (DataSpec, EnsembleMLP, best_of_n, euler_sample,
-                                expectile_loss, flow_matching_loss, sample_candidates)
+from vptr.finetune.nets import (
+    DataSpec,
+    EnsembleMLP,
+    best_of_n,
+    euler_sample,
+    expectile_loss,
+    flow_matching_loss,
+    sample_candidates,
+)
 from vptr.nets.encoders import make_encoder
 from vptr.train.core import make_target
 

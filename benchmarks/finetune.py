@@ -1,0 +1,153 @@
+"""Fine-tuning throughput on this machine: updates/s per agent and encoder mode, acting
+latency, evaluation episodes/s, peak memory.
+
+    ./run python benchmarks/finetune.py            # full table (a few minutes on 2 cores)
+    ./run python benchmarks/finetune.py --tiny     # seconds: checks the benchmark runs
+
+Synthetic batches with the shapes of the native Lift data (64x64 front camera, 8-d state,
+5-d actions); the networks and losses are the real ones (vptr.finetune). "frozen" batches
+carry precomputed trunk embeddings (what `--encoder.mode frozen` trains on), "finetune"
+batches carry images and train the trunks. Ratios are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import time
+
+import numpy as np
+import torch
+
+from vptr.diagnostics.machine import describe as machine_line
+from vptr.finetune import AGENTS, get_agent
+from vptr.finetune.nets import DataSpec
+from vptr.nets.encoders import make_encoder
+from vptr.train.core import make_target
+
+CAM = "observation.images.front"
+
+
+def batch_for(spec: DataSpec, b: int, h: int, frozen: bool, emb_dim: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    out = {"state": torch.randn(b, spec.state_dim, generator=g),
+           "next_state": torch.randn(b, spec.state_dim, generator=g),
+           "actions": torch.rand(b, h, spec.action_dim, generator=g) * 2 - 1,
+           "action_mask": torch.ones(b, h, dtype=torch.bool), "chunk_reward": -torch.ones(b),
+           "bootstrap_mask": torch.ones(b), "task_index": torch.zeros(b, dtype=torch.int64),
+           "mc_return": torch.full((b,), -10.0), "step": torch.full((b,), 10**6)}
+    for k in ("obs", "next_obs"):
+        if frozen:
+            out[f"{k}_emb"] = torch.randn(b, emb_dim, generator=g)
+        else:
+            out[f"{k}.{CAM}"] = torch.randint(0, 256, (b, 3, spec.image_size, spec.image_size),
+                                              dtype=torch.uint8, generator=g)
+    return out
+
+
+def build(name: str, frozen: bool, size: int, encoder: str, overrides: dict):
+    agent = get_agent(name)
+    fields = {f.name for f in dataclasses.fields(agent.config_cls)}
+    cfg = agent.config_cls(**{k: v for k, v in overrides.items() if k in fields})
+    spec = DataSpec(action_dim=5, horizon=cfg.chunk, state_dim=8, cameras=(CAM,),
+                    image_size=size)
+    torch.manual_seed(0)
+    base = make_encoder(encoder, 3, size)
+    if frozen:
+        base.requires_grad_(False)
+        trunks = lambda: {CAM: base}
+    else:
+        import copy
+        trunks = lambda: {CAM: copy.deepcopy(base)}
+    nets = agent.create(cfg, spec, trunks)
+    part = agent.target_of(nets)
+    target = make_target(part) if part is not None else None
+    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=cfg.lr)
+    return agent, cfg, spec, nets, target, opt, int(base.out_dim)
+
+
+def time_updates(agent, cfg, nets, target, opt, batch, seconds: float) -> float:
+    def one():
+        loss, _ = agent.loss_fn(nets, target, batch, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    one()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        one()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def act_latency(agent, cfg, nets, spec, reps: int) -> tuple[float, float]:
+    obs = {f"obs.{CAM}": torch.randint(0, 256, (1, 3, spec.image_size, spec.image_size),
+                                       dtype=torch.uint8),
+           "state": torch.randn(1, spec.state_dim), "task_index": torch.zeros(1, dtype=torch.int64)}
+    nets.eval()
+    agent.act(nets, obs, cfg)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        agent.act(nets, obs, cfg)
+        times.append((time.perf_counter() - t0) * 1000)
+    nets.train()
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="seconds-long run (checks it works)")
+    p.add_argument("--seconds", type=float, default=6.0, help="timing window per cell")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--encoder", default="impala_small")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation throughput")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    secs = 0.3 if args.tiny else args.seconds
+    size = 32 if args.tiny else 64
+    ours = dict(batch_size=16 if args.tiny else 128)
+    paper = dict(batch_size=256, hidden=(512,) * 4, target_samples=32, act_samples=32,
+                 flow_steps=10)
+    print(f"machine: {machine_line()}; torch threads {args.threads}; image {size}x{size}, "
+          f"trunk {args.encoder}")
+    print(f"\n{'agent':<8} {'encoder':<9} {'settings':<8} {'updates/s':>10} "
+          f"{'act p50 ms':>11} {'act p99 ms':>11}")
+    rows = {}
+    cells = [(a, m, "ours") for a in AGENTS for m in ("frozen", "finetune")]
+    cells.append(("qc", "frozen", "paper"))
+    if args.tiny:
+        cells = [("qc", "frozen", "ours"), ("qc", "finetune", "ours"), ("flowbc", "frozen", "ours")]
+    for name, mode, which in cells:
+        over = ours if which == "ours" else paper
+        agent, cfg, spec, nets, target, opt, emb = build(name, mode == "frozen", size,
+                                                          args.encoder, over)
+        batch = batch_for(spec, cfg.batch_size, cfg.sample_horizon(), mode == "frozen", emb)
+        ups = time_updates(agent, cfg, nets, target, opt, batch, secs)
+        p50, p99 = act_latency(agent, cfg, nets, spec, 5 if args.tiny else 50) \
+            if mode == "finetune" else (float("nan"), float("nan"))
+        rows[(name, mode, which)] = ups
+        print(f"{name:<8} {mode:<9} {which:<8} {ups:>10.2f} {p50:>11.2f} {p99:>11.2f}",
+              flush=True)
+    if ("qc", "finetune", "ours") in rows:
+        r = rows[("qc", "frozen", "ours")] / rows[("qc", "finetune", "ours")]
+        print(f"\nQC frozen-cached / fine-tuned encoder: {r:.1f}x updates/s")
+    if ("qc", "frozen", "paper") in rows:
+        r = rows[("qc", "frozen", "ours")] / rows[("qc", "frozen", "paper")]
+        print(f"QC our defaults / paper defaults (frozen): {r:.1f}x updates/s")
+    if not args.no_eval:
+        from sim.evaluate import measure_throughput
+
+        print(f"\n{'eval workers':<13} {'episodes/s':>10}")
+        for w in (1, 2):
+            eps = measure_throughput("vptr/Lift-v0", num_workers=w,
+                                     episodes=4 if args.tiny else 20,
+                                     env_kwargs={"image_size": size})
+            print(f"{w:<13} {eps if isinstance(eps, float) else eps['episodes_per_s']:>10.2f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak resident memory: {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The fine-tuning loop on a tiny generated dataset: exact resume, encoder modes, pretrained
+encoders checked against the data, the policy folder round trip, `vptr eval`, bad input
+refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vptr.config import build_config
+from vptr.errors import ConfigError, DataError
+from vptr.train.finetune_loop import FinetuneConfig, train
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def robot_dir(tmp_path_factory):
+    from sim.generate import RobotDataConfig, generate_robot
+
+    cfg = RobotDataConfig(tasks=("vptr/Reach-v0",), episodes_per_task=3, image_size=SIZE,
+                          data_dir=tmp_path_factory.mktemp("data"))
+    return generate_robot(cfg, log=lambda m: None)[0]
+
+
+def config(robot_dir, tmp_path, **values) -> FinetuneConfig:
+    base = {"data": str(robot_dir), "agent": "qc", "steps": 6, "checkpoint_every": 3,
+            "log_every": 3, "out_dir": str(tmp_path / "runs"), "run_name": "r",
+            "progress": False, "deterministic": True, "threads": 1, "shift_pad": 2,
+            "encoder.name": "impala_small", "source.frames.cache_dir": str(tmp_path / "cache"),
+            "source.frames.progress": False, "source.frames.decode_workers": 1,
+            "source.frames.image_size": SIZE,
+            "source.state_keys": ("observation.state", "observation.environment_state")}
+    for agent in ("qc", "flowbc", "iql", "dqc", "corft"):
+        base.update({f"{agent}.batch_size": 8, f"{agent}.hidden": (32, 32),
+                     f"{agent}.feature_dim": 16, f"{agent}.flow_steps": 2})
+    base.update({"qc.target_samples": 2, "qc.act_samples": 3, "dqc.backup_horizon": 7})
+    base.update(values)
+    return build_config(FinetuneConfig, base)
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    name = (run_dir / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(run_dir / "checkpoints" / name / "model.safetensors"))
+
+
+@pytest.mark.parametrize("agent", ["qc", "corft"])  # corft: phases read the batch's step
+def test_resume_after_a_crash_matches_an_uninterrupted_run(robot_dir, tmp_path, agent):
+    crashed = config(robot_dir, tmp_path / "b", agent=agent, **{"corft.bc_steps": 4})
+    ref = train(config(robot_dir, tmp_path / "a", agent=agent, **{"corft.bc_steps": 4}))
+    assert train(crashed, stop_after=4)["stopped"]  # killed after step 4: checkpoint at 3
+    resumed = train(crashed)
+    assert resumed["step"] == 6 and ref["step"] == 6
+    a, b = weights(tmp_path / "a" / "runs" / "r"), weights(tmp_path / "b" / "runs" / "r")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    history = json.loads((tmp_path / "b" / "runs" / "r" / "history.json").read_text())
+    assert [h[0] for h in history] == [3, 6]
+
+
+def test_frozen_encoder_trains_on_cached_embeddings_only(robot_dir, tmp_path):
+    cfg = config(robot_dir, tmp_path, **{"encoder.mode": "frozen", "shift_pad": 0})
+    train(cfg)
+    w = weights(tmp_path / "runs" / "r")
+    trunk = [k for k in w if ".trunks." in k and k.startswith("nets.policy.")]
+    assert trunk
+    torch.manual_seed(cfg.seed)
+    from vptr.nets.encoders import make_encoder
+
+    torch.manual_seed(cfg.seed)
+    fresh = make_encoder("impala_small", 3, SIZE).state_dict()
+    for k in trunk:  # the trunk is exactly its initialisation: never trained
+        name = k.split(".trunks.", 1)[1].split(".", 1)[1]
+        torch.testing.assert_close(w[k], fresh[name], rtol=0, atol=0)
+    head = [k for k in w if k.startswith("nets.policy.encoder.head.")]
+    assert head
+
+
+def test_frozen_mode_refuses_random_shift(robot_dir, tmp_path):
+    with pytest.raises(ConfigError, match="shift_pad"):
+        config(robot_dir, tmp_path, **{"encoder.mode": "frozen", "shift_pad": 4})
+
+
+def test_scaled_mode_puts_the_trunks_in_their_own_group(robot_dir, tmp_path):
+    from vptr.finetune import get_agent
+    from vptr.train import core
+    from vptr.train.finetune_loop import build_training, data_spec, open_data, trunk_factory
+
+    cfg = config(robot_dir, tmp_path, **{"encoder.mode": "scaled", "encoder.lr_scale": 0.1})
+    ds = open_data(cfg)
+    with core.session("cpu") as s:
+        nets, step, _ = build_training(cfg, get_agent("qc"), data_spec(cfg, ds),
+                                       trunk_factory(cfg, ds), ds, s)
+    groups = step.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(3e-4), pytest.approx(3e-5)]
+    trunk = {id(p) for n, p in nets.named_parameters() if ".trunks." in n}
+    assert {id(p) for p in groups[1]["params"]} == trunk
+
+
+def test_pretrained_encoder_that_does_not_fit_is_refused(robot_dir, tmp_path):
+    from vptr.nets.encoders import make_encoder
+    from vptr.nets.weights import export_encoder
+
+    enc = make_encoder("impala_small", 6, 16)
+    export_encoder(tmp_path / "enc", enc, "impala_small", frame_stack=2, image_size=16)
+    cfg = config(robot_dir, tmp_path, **{"encoder.init": str(tmp_path / "enc")})
+    with pytest.raises(ConfigError, match=r"in_channels 6.*image_size 16 vs the dataset's 32"):
+        train(cfg)
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_pretrained_encoder_initialises_both_networks(robot_dir, tmp_path):
+    from vptr.nets.encoders import make_encoder
+    from vptr.nets.weights import export_encoder
+
+    torch.manual_seed(123)
+    enc = make_encoder("impala_small", 3, SIZE)
+    export_encoder(tmp_path / "enc", enc, "impala_small", frame_stack=1, image_size=SIZE)
+    from vptr.finetune import get_agent
+    from vptr.train import core
+    from vptr.train.finetune_loop import build_training, data_spec, open_data, trunk_factory
+
+    cfg = config(robot_dir, tmp_path, **{"encoder.init": str(tmp_path / "enc")})
+    ds = open_data(cfg)
+    with core.session("cpu") as s:
+        nets, _, _ = build_training(cfg, get_agent("qc"), data_spec(cfg, ds),
+                                    trunk_factory(cfg, ds), ds, s)
+    ref = enc.state_dict()
+    for net in (nets.policy, nets.q):
+        trunk = next(iter(net.encoder.trunks.values()))
+        assert trunk is not next(iter(nets.q.encoder.trunks.values())) or net is nets.q
+        for k, v in trunk.state_dict().items():
+            torch.testing.assert_close(v, ref[k])
+
+
+def test_policy_folder_round_trip_and_vptr_eval(robot_dir, tmp_path):
+    from sim.evaluate import evaluate
+    from vptr.finetune.policy import load_policy
+
+    cfg = config(robot_dir, tmp_path, agent="flowbc", frame_stack=2, eval_env="vptr/Reach-v0",
+                 eval_episodes=2, videos=1)
+    result = train(cfg)
+    assert result["eval"]["episodes"] == 2 and result["eval"]["videos"]
+    policy = load_policy(result["policy"])
+    assert policy.data_spec.frame_stack == 2
+    kw = policy.env_kwargs()
+    assert kw["environment_state"] and kw["image_size"] == SIZE
+    torch.manual_seed(0)
+    a = evaluate(policy, "vptr/Reach-v0", episodes=2, seed=5, env_kwargs=kw, progress=False)
+    torch.manual_seed(0)
+    b = evaluate(load_policy(result["policy"]), "vptr/Reach-v0", episodes=2, seed=5,
+                 env_kwargs=kw, progress=False)
+    assert a["per_episode"] == b["per_episode"]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run([sys.executable, "-m", "vptr", "eval", "--run", result["run_dir"],
+                          "--episodes", "2", "--videos", "0", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "runs" / "r" / "eval" / "vptr_Reach-v0" / "report.json")
+                        .read_text())
+    assert report["episodes"] == 2 and "success_ci95" in report
+    # an environment whose observations do not match is refused, naming the mismatch
+    doc_path = tmp_path / "runs" / "r" / "policy" / "policy.json"
+    doc = json.loads(doc_path.read_text())
+    doc["state_widths"] = [doc["state_widths"][0] + 1, doc["state_widths"][1] - 1]
+    doc_path.write_text(json.dumps(doc))
+    out = subprocess.run([sys.executable, "-m", "vptr", "eval", "--policy", result["policy"],
+                          "--env", "vptr/Lift-v0", "--episodes", "1", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "state" in out.stderr and "environment_state" in out.stderr, out.stderr
+
+
+def test_bad_data_is_refused_before_a_run_directory_exists(robot_dir, tmp_path):
+    with pytest.raises(DataError, match="no feature"):
+        train(config(robot_dir, tmp_path, **{"source.state_keys": ("observation.nope",)}))
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(DataError):
+        train(config(robot_dir, tmp_path, **{"source.fps": 30.0}))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_help_and_errors():
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run([sys.executable, "-m", "vptr", "finetune", "--help"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "--qc.target-samples" in out.stdout
+    assert "--encoder.mode" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "vptr", "finetune", "--data", "/nonexistent",
+                          "--agent", "nope"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "vptr", "eval"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "exactly one of --run" in out.stderr
+
+
+def test_acting_wrapper_stacks_consecutive_frames():
+    from vptr.finetune import get_agent
+    from vptr.finetune.nets import DataSpec
+    from vptr.finetune.policy import LoadedPolicy, make_trunks
+
+    spec = DataSpec(action_dim=2, horizon=2, cameras=("observation.images.front",),
+                    image_size=8, frame_stack=3)
+    agent = get_agent("flowbc")
+    cfg = agent.config_cls(chunk=2, hidden=(8,), feature_dim=4, flow_steps=1)
+    nets = agent.create(cfg, spec, make_trunks("impala_small", spec, channels_last=False))
+    pol = LoadedPolicy("flowbc", cfg, nets, {})
+    frame = lambda v: {"pixels.front": np.full((2, 8, 8, 3), v, np.uint8),
+                       "env_index": np.array([0, 1])}
+    pol.reset(np.array([0, 1]))
+    pol.observe(frame(1))
+    pol.observe(frame(2))
+    stack = pol._stacked("pixels.front", np.array([1, 0]))
+    assert stack.shape == (2, 9, 8, 8)
+    assert stack[:, ::3, 0, 0].tolist() == [[1, 1, 2], [1, 1, 2]]  # first frame repeated
+    pol.reset(np.array([1]))
+    pol.observe({"pixels.front": np.full((1, 8, 8, 3), 7, np.uint8), "env_index": np.array([1])})
+    assert pol._stacked("pixels.front", np.array([1]))[0, ::3, 0, 0].tolist() == [7, 7, 7]
+    assert pol(frame(3)).shape == (2, 2, 2)

@@ -1,0 +1,82 @@
+"""``vptr eval``: a fine-tuned policy in simulation (the harness is :mod:`sim.evaluate`).
+
+``--run DIR`` evaluates the policy folder of a ``vptr finetune`` run (and by default on the
+run's own evaluation environment); ``--policy DIR`` any policy folder. The report (JSON) and
+videos go to ``--out`` (default ``<policy>/../eval/<env>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vptr.config import helpfield
+from vptr.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class EvalCommandConfig:
+    """Evaluate a policy in simulation."""
+
+    run: Path | None = helpfield(None, "a `vptr finetune` run directory (uses its policy/)")
+    policy: Path | None = helpfield(None, "a policy folder (policy.json + model.safetensors)")
+    env: str = helpfield("", "environment id (default: the run's eval_env)")
+    episodes: int = helpfield(50, "episodes (>= 50 for reported numbers)")
+    seed: int = helpfield(200_000, "reset seed of the first episode (episode i: seed + i)")
+    workers: int = helpfield(0, "environment processes (0 = in-process)")
+    execution: str = helpfield("open_loop", "open_loop, receding:K or ensemble[:M]")
+    task: str = helpfield("", "task string or index of a multi-task policy ('' = 0)")
+    videos: int = helpfield(3, "episodes filmed as mp4")
+    domain_shift: float = helpfield(-1.0, "native envs: visual shift 0..1 (-1 = the env's "
+                                          "default)")
+    out: Path | None = helpfield(None, "report folder (default: next to the policy)")
+    device: str = helpfield("cpu", "device of the policy")
+    progress: bool = helpfield(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if (self.run is None) == (self.policy is None):
+            raise ConfigError("give exactly one of --run DIR or --policy DIR")
+        if self.episodes <= 0 or self.workers < 0 or self.videos < 0:
+            raise ConfigError("episodes must be > 0, workers and videos >= 0")
+
+
+def resolve(cfg: EvalCommandConfig) -> tuple[Path, str, dict[str, Any]]:
+    """(policy folder, env id, env kwargs the policy was trained for)."""
+    from vptr import runs
+
+    folder = Path(cfg.policy) if cfg.policy else Path(cfg.run) / "policy"
+    env_id, kwargs = cfg.env, {}
+    if cfg.run is not None:
+        if not folder.is_dir():
+            raise DataError(f"{cfg.run}: no policy/ folder (the run has not finished)")
+        run_cfg = runs.read_config(Path(cfg.run))
+        env_id = env_id or run_cfg.get("eval_env", "")
+    if not env_id:
+        raise ConfigError("--env: which environment to evaluate in (the run names none)")
+    return folder, env_id, kwargs
+
+
+def run(cfg: EvalCommandConfig) -> int:
+    from sim.evaluate import evaluate
+    from vptr.finetune.policy import load_policy
+
+    folder, env_id, _ = resolve(cfg)
+    task: int | str = cfg.task if cfg.task and not cfg.task.isdigit() else int(cfg.task or 0)
+    policy = load_policy(folder, device=cfg.device, task=task)
+    kw = policy.env_kwargs()
+    if cfg.domain_shift >= 0:
+        kw["domain_shift"] = cfg.domain_shift
+    out = Path(cfg.out) if cfg.out else folder.parent / "eval" / env_id.replace("/", "_")
+    report = evaluate(policy, env_id, episodes=cfg.episodes, seed=cfg.seed, env_kwargs=kw,
+                      num_workers=cfg.workers, execution=cfg.execution,
+                      video_dir=out / "videos" if cfg.videos else None,
+                      videos=min(cfg.videos, cfg.episodes),
+                      report_path=out / "report.json", progress=cfg.progress)
+    lo, hi = report["success_ci95"]
+    print(f"{env_id}: success {100 * report['success_rate']:.1f}% "
+          f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}) over {report['episodes']} episodes; "
+          f"return {report['return_mean']:.2f}, length {report['length_mean']:.1f}; "
+          f"{report['episodes_per_s']:.2f} episodes/s")
+    print(f"report: {out / 'report.json'}" + (f"  videos: {out / 'videos'}" if cfg.videos else ""))
+    return 0

@@ -1,0 +1,409 @@
+"""``vptr finetune``: chunked offline RL on a robot dataset, from pretrained or new encoders.
+
+The loop is the pretraining loop's shape on the same core (:mod:`vptr.train.core`):
+sample -> step -> log -> checkpoint -> evaluate. Agents are pure losses in
+:mod:`vptr.finetune`; evaluation in simulation is ``sim.evaluate`` on the acting wrapper of
+:mod:`vptr.finetune.policy`.
+
+Run directory ``<out_dir>/<run_name>``: ``config.json``, ``history.json``, ``checkpoints/``,
+``tb/``, ``normalization.json`` (state/action statistics of the dataset, also inside the
+weights), ``policy/`` (the policy folder, :func:`vptr.finetune.policy.save_policy`) and
+``eval/`` (reports and videos of the evaluations during and after training).
+
+Encoders (``--encoder.*``): a new trunk (``init=""``), the ``encoder/`` of a ``vptr
+pretrain`` run (``init=<run dir or encoder dir>``), or a timm model; ``mode`` ``finetune``
+(trained with the agent), ``scaled`` (trained at ``lr_scale`` x the learning rate) or
+``frozen`` (not trained; each dataset row is embedded once before training and batches
+carry the embeddings instead of images — no random shift then).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from vptr import runs
+from vptr.config import config_hash, helpfield, to_dict
+from vptr.data.robot import RobotDataset, RobotSourceConfig
+from vptr.errors import ConfigError, DataError
+from vptr.files import atomic_write_text
+from vptr.finetune import AGENTS, Agent, get_agent
+from vptr.finetune.nets import DataSpec
+from vptr.finetune.policy import LoadedPolicy, save_policy
+from vptr.train import core, distributed
+
+AgentName = Literal[tuple(AGENTS)]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """Which image trunk the critic and the policy start from, and whether it trains."""
+
+    name: str = helpfield("impala_small", "trunk architecture (impala, impala_small, "
+                                          "timm:<model>) when init is empty")
+    init: str = helpfield("", "a `vptr pretrain` run directory or exported encoder/ folder "
+                              "to start from ('' = random init)")
+    mode: Literal["finetune", "scaled", "frozen"] = helpfield(
+        "finetune", "finetune: trained with the agent; scaled: at lr_scale x lr; frozen: "
+                    "not trained, embeddings computed once")
+    lr_scale: float = helpfield(0.1, "learning-rate factor of the trunk in mode=scaled")
+    weights: str = helpfield("", "local weights file of a timm trunk (never downloaded)")
+    channels_last: bool = helpfield(True, "channels-last memory format")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.lr_scale <= 1.0:
+            raise ConfigError(f"encoder.lr_scale must be in (0, 1], got {self.lr_scale}")
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """The options of every fine-tuning run; :class:`FinetuneConfig` adds one section per
+    registered agent (``--qc.target-samples``, ...)."""
+
+    data: str = helpfield("", "robot dataset: LeRobotDataset v3.0 folder or robomimic "
+                              ".hdf5 file (required)")
+    agent: AgentName = helpfield("qc", "agent: " + "; ".join(f"{a.name}: {a.summary}"
+                                                            for a in AGENTS.values()))
+    steps: int = helpfield(5000, "optimizer steps")
+    frame_stack: int = helpfield(1, "stacked camera frames per observation")
+    shift_pad: int = helpfield(4, "random-shift augmentation pad in pixels (0 = off)")
+    seed: int = helpfield(0, "seed of initialisation and data sampling")
+    out_dir: Path = helpfield(Path("runs/finetune"), "parent directory of runs")
+    run_name: str = helpfield("", "run directory name; empty = <agent>-<config hash>")
+    eval_env: str = helpfield("", "environment id for evaluation in simulation ('' = none)")
+    eval_every: int = helpfield(0, "steps between evaluations; 0 = only at the end")
+    eval_episodes: int = helpfield(20, "episodes per evaluation")
+    eval_workers: int = helpfield(0, "evaluation environment processes (0 = in-process)")
+    eval_seed: int = helpfield(100_000, "reset seed of the first evaluation episode")
+    videos: int = helpfield(2, "episodes filmed (mp4) at the final evaluation")
+    log_every: int = helpfield(50, "steps between TensorBoard scalars")
+    checkpoint_every: int = helpfield(500, "steps between checkpoints")
+    num_workers: int = helpfield(0, "data-loader worker processes")
+    device: str = helpfield("auto", "auto, cpu, cuda or cuda:N")
+    amp: Literal["off", "bf16", "fp16"] = helpfield("off", "mixed precision on GPU")
+    compile: bool = helpfield(False, "torch.compile the loss (GPU)")
+    deterministic: bool = helpfield(False, "deterministic algorithms (exact resume on CPU)")
+    threads: int = helpfield(0, "torch intra-op threads; 0 = torch's default")
+    progress: bool = helpfield(True, "show a progress bar")
+    source: RobotSourceConfig = field(default_factory=RobotSourceConfig, metadata={
+        "help": "which dataset features are read, and how"})
+    encoder: EncoderOptions = field(default_factory=EncoderOptions, metadata={
+        "help": "image trunk: initialisation and training mode"})
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("data: a robot dataset is required (--data PATH)")
+        for name in ("steps", "log_every", "checkpoint_every", "eval_episodes",
+                     "frame_stack"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_workers", "num_workers", "threads", "shift_pad",
+                     "videos"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.encoder.mode == "frozen" and self.shift_pad:
+            raise ConfigError("shift_pad: a frozen encoder's embeddings are computed once, "
+                              "without augmentation; set --shift-pad 0")
+        if self.eval_env:
+            import sim
+
+            if self.eval_env not in sim.ENV_IDS:
+                from vptr.errors import unknown
+
+                raise unknown("eval_env", self.eval_env, sim.ENV_IDS)
+        distributed.check_device(self.device)
+
+    @property
+    def agent_cfg(self) -> Any:
+        return getattr(self, self.agent)
+
+    def run_dir(self) -> Path:
+        others = tuple(a for a in AGENTS if a != self.agent)
+        name = self.run_name or f"{self.agent}-{config_hash(self, exclude=_NOT_IN_HASH + others)}"
+        return Path(self.out_dir) / name
+
+
+FinetuneConfig = dataclasses.make_dataclass(
+    "FinetuneConfig",
+    [(a.name, a.config_cls, field(default_factory=a.config_cls, metadata={"help": a.summary}))
+     for a in AGENTS.values()],
+    bases=(FinetuneOptions,), frozen=True,
+    namespace={"__doc__": "Chunked offline RL fine-tuning on a robot dataset.",
+               "__module__": __name__})
+
+_NOT_IN_HASH = ("out_dir", "run_name", "log_every", "checkpoint_every", "eval_every",
+                "eval_episodes", "eval_workers", "eval_env", "eval_seed", "videos",
+                "num_workers", "progress", "threads", "steps", "device", "compile",
+                "source.frames.progress", "source.frames.decode_workers",
+                "source.frames.decode_pool", "source.frames.cache_dir",
+                "source.frames.rebuild_cache")
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def train(cfg: FinetuneConfig, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) fine-tuning; ``stop_after`` simulates a crash after that many steps."""
+    from vptr.data.chunk_sampler import ChunkSampler
+    from vptr.data.loader import stream_loader
+
+    agent, acfg = get_agent(cfg.agent), cfg.agent_cfg
+    with core.session(cfg.device, cfg.threads, cfg.deterministic, cfg.amp, cfg.compile) as s:
+        ds = open_data(cfg)
+        spec, trunks = data_spec(cfg, ds), trunk_factory(cfg, ds)
+        nets, step_fn, embed = build_training(cfg, agent, spec, trunks, ds, s)
+        with core.run_directory(cfg.run_dir(), to_dict(cfg), s) as run_dir:
+            atomic_write_text(run_dir / "normalization.json", json.dumps(ds.stats(), indent=2))
+            ckpt = core.Checkpointer(run_dir, s, checkpointed_modules(nets, step_fn),
+                                     step_fn.state, {"agent": cfg.agent})
+            start, history = ckpt.restore()
+            sampler = ChunkSampler(ds, acfg.sample_horizon(), acfg.discount, cfg.frame_stack,
+                                   cfg.shift_pad, cfg.seed, s.dist.rank, images=embed is None)
+            batches = s.closing(core.BatchIterator(stream_loader(
+                sampler, acfg.batch_size, start, cfg.num_workers)))
+            ckpt.restore_rng()
+            if start and s.is_main:
+                print(f"resuming {run_dir} from {ckpt.latest.name} (step {start})")
+            log = s.closing(core.TrainLog(run_dir, s, start, cfg.steps, cfg.log_every, "loss",
+                                          history, f"finetune {cfg.agent}", acfg.batch_size,
+                                          cfg.progress))
+            for step in range(start + 1, cfg.steps + 1):
+                if stop_after is not None and step - start > stop_after:
+                    return {"step": step - 1, "stopped": True, "run_dir": str(run_dir)}
+                log.record(step, step_fn(with_embeddings(next(batches), embed)))
+                if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    ckpt.save(step, log.history)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    evaluate_now(cfg, nets, ds, s, run_dir, step, log)
+            end = max(start, cfg.steps)
+            if end > start:
+                ckpt.save(end, log.history)
+            return finish(cfg, nets, ds, s, run_dir, end, log)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def open_data(cfg: FinetuneConfig) -> RobotDataset:
+    """The dataset, validated (before the run directory exists: bad data creates nothing)."""
+    from vptr.data.robot import open_robot_dataset
+
+    ds = open_robot_dataset(cfg.data, cfg.source)
+    if ds.state is None and not ds.cameras:
+        raise DataError(f"{cfg.data}: neither a state nor a camera feature to learn from")
+    return ds
+
+
+def data_spec(cfg: FinetuneConfig, ds: RobotDataset) -> DataSpec:
+    cams = tuple(ds.cameras)
+    size = int(next(iter(ds.cameras.values())).image_size[0]) if cams else 0
+    return DataSpec(action_dim=int(ds.action.shape[1]), horizon=int(cfg.agent_cfg.chunk),
+                    state_dim=0 if ds.state is None else int(ds.state.shape[1]),
+                    cameras=cams, image_size=size, frame_stack=cfg.frame_stack,
+                    num_tasks=max(len(ds.tasks), int(ds.task_index.max()) + 1))
+
+
+def trunk_factory(cfg: FinetuneConfig, ds: RobotDataset):
+    """camera -> trunk factory: new trunks, copies of a pretrained one, or (frozen) one
+    shared, untrainable trunk."""
+    spec = data_spec(cfg, ds)
+    if not spec.cameras:
+        return dict
+    base = pretrained_trunk(cfg, spec) if cfg.encoder.init else None
+    if base is None:
+        core.seed_everything(cfg.seed)
+        kw = {"weights": cfg.encoder.weights} if cfg.encoder.weights else {}
+        from vptr.nets.encoders import make_encoder
+
+        base = make_encoder(cfg.encoder.name, 3 * spec.frame_stack, spec.image_size,
+                            channels_last=cfg.encoder.channels_last, **kw)
+    if cfg.encoder.mode == "frozen":
+        base.requires_grad_(False).eval()
+        return lambda: dict.fromkeys(spec.cameras, base)
+    return lambda: {c: copy.deepcopy(base) for c in spec.cameras}
+
+
+def pretrained_trunk(cfg: FinetuneConfig, spec: DataSpec) -> nn.Module:
+    """The exported encoder of a pretraining run, checked against the data."""
+    from vptr.nets.weights import load_encoder, read_encoder_config
+
+    folder = Path(cfg.encoder.init)
+    if (folder / runs.ENCODER).is_dir():
+        folder = folder / runs.ENCODER
+    meta = read_encoder_config(folder)
+    problems = []
+    if int(meta["in_channels"]) != 3 * spec.frame_stack:
+        problems.append(f"in_channels {meta['in_channels']} (frame stack "
+                        f"{meta.get('frame_stack')}) vs the run's 3 x {spec.frame_stack}")
+    if int(meta["image_size"]) != spec.image_size:
+        problems.append(f"image_size {meta['image_size']} vs the dataset's {spec.image_size}")
+    if problems:
+        raise ConfigError(f"{folder}: the pretrained encoder does not fit: "
+                          + "; ".join(problems))
+    enc, _ = load_encoder(folder, channels_last=cfg.encoder.channels_last)
+    return enc.train()
+
+
+def encoder_name(cfg: FinetuneConfig) -> str:
+    if cfg.encoder.init:
+        from vptr.nets.weights import read_encoder_config
+
+        folder = Path(cfg.encoder.init)
+        folder = folder / runs.ENCODER if (folder / runs.ENCODER).is_dir() else folder
+        return str(read_encoder_config(folder)["encoder"])
+    return cfg.encoder.name
+
+
+def build_training(cfg: FinetuneConfig, agent: Agent, spec: DataSpec, trunks, ds: RobotDataset,
+                   s: core.Session):
+    """(nets, TrainStep, frozen embeddings or None); same initial weights on every rank."""
+    core.seed_everything(cfg.seed)
+    acfg = cfg.agent_cfg
+    nets = agent.create(acfg, spec, trunks)
+    stats = ds.stats()
+    nets.action_norm.fit(stats["action"])
+    for enc in encoders_of(nets):
+        if enc.state_norm is not None:
+            enc.state_norm.fit(stats["state"])
+    nets = nets.to(s.device)
+    part = agent.target_of(nets)
+    target = core.make_target(part) if part is not None else None
+    s.seed_rank(cfg.seed)
+    opt = torch.optim.Adam(param_groups(cfg, nets), lr=acfg.lr, eps=acfg.adam_eps)
+    targets = ((target, part, float(acfg.target_rate)),) if target is not None else ()
+    module = core.LossModule(nets, target, agent.loss_fn, acfg)
+    embed = frozen_embeddings(cfg, nets, ds, s) if cfg.encoder.mode == "frozen" else None
+    return nets, core.TrainStep(module, s, opt, targets), embed
+
+
+def encoders_of(nets: nn.Module) -> list[nn.Module]:
+    from vptr.finetune.nets import ObsEncoder
+
+    return [m for m in nets.modules() if isinstance(m, ObsEncoder)]
+
+
+def param_groups(cfg: FinetuneConfig, nets: nn.Module) -> list[dict[str, Any]]:
+    """Trainable parameters; the trunks at ``lr_scale`` x lr in mode=scaled."""
+    trunk_ids = {id(p) for enc in encoders_of(nets) for p in enc.trunks.parameters()}
+    params = [p for p in nets.parameters() if p.requires_grad]
+    if cfg.encoder.mode != "scaled":
+        return [{"params": params}]
+    lr = cfg.agent_cfg.lr
+    return [{"params": [p for p in params if id(p) not in trunk_ids]},
+            {"params": [p for p in params if id(p) in trunk_ids], "lr": lr * cfg.encoder.lr_scale}]
+
+
+@torch.no_grad()
+def frozen_embeddings(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset,
+                      s: core.Session, batch: int = 256) -> torch.Tensor:
+    """Trunk features (N, F) of every dataset row's stacked observation, computed once."""
+    from tqdm.auto import tqdm
+
+    from vptr.data.batch import stack_times
+
+    enc = encoders_of(nets)[0]
+    n = len(ds.action)
+    rows_t = np.concatenate([np.arange(length) for length in ds.lengths])
+    episode = np.repeat(np.arange(ds.num_episodes), ds.lengths)
+    out = []
+    for lo in tqdm(range(0, n, batch), desc="embedding frames (frozen encoder)",
+                   disable=not (cfg.progress and s.is_main)):
+        sl = slice(lo, min(lo + batch, n))
+        rows = ds.offsets[episode[sl]][:, None] + stack_times(rows_t[sl], cfg.frame_stack)
+        imgs = {}
+        for cam in ds.cameras:
+            frames = ds.images(cam, rows.reshape(-1))
+            b, st = rows.shape
+            chw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).reshape(
+                b, st * 3, *frames.shape[1:3])
+            imgs[f"obs.{cam}"] = torch.from_numpy(chw).to(s.device)
+        out.append(enc.trunk_features(imgs, "obs"))
+    return torch.cat(out)
+
+
+def with_embeddings(batch: dict[str, torch.Tensor], embed: torch.Tensor | None):
+    if embed is not None:
+        batch["obs_emb"] = embed[batch["obs_row"].to(embed.device)]
+        batch["next_obs_emb"] = embed[batch["next_row"].to(embed.device)]
+    return batch
+
+
+def checkpointed_modules(nets: nn.Module, step_fn: core.TrainStep) -> dict[str, nn.Module]:
+    targets = [t for t, _, _ in step_fn.targets]
+    return {"nets": nets} | ({"target": targets[0]} if targets else {})
+
+
+def policy_meta(cfg: FinetuneConfig, ds: RobotDataset, step: int) -> dict[str, Any]:
+    return {"state_features": list(cfg.source.state_keys), "state_widths": ds.state_widths,
+            "encoder": encoder_name(cfg), "channels_last": cfg.encoder.channels_last,
+            "fps": ds.fps, "tasks": ds.tasks, "action_names": ds.feature_names.get(
+                cfg.source.action_key, []),
+            "provenance": {"dataset": str(cfg.data), "step": step, "seed": cfg.seed,
+                           "encoder_init": cfg.encoder.init, "encoder_mode": cfg.encoder.mode}}
+
+
+def acting_policy(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset,
+                  step: int) -> LoadedPolicy:
+    return LoadedPolicy(cfg.agent, cfg.agent_cfg, nets, policy_meta(cfg, ds, step),
+                        device=str(next(nets.parameters()).device))
+
+
+def evaluate_now(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset, s: core.Session,
+                 run_dir: Path, step: int, log: core.TrainLog, videos: int = 0):
+    """Success rate in simulation (rank 0), logged to TensorBoard; None without eval_env."""
+    result = None
+    if cfg.eval_env and s.is_main:
+        from sim.evaluate import evaluate
+
+        was_training = nets.training
+        policy = acting_policy(cfg, nets, ds, step)
+        result = evaluate(policy, cfg.eval_env, episodes=cfg.eval_episodes,
+                          seed=cfg.eval_seed, env_kwargs=policy.env_kwargs(),
+                          num_workers=cfg.eval_workers,
+                          video_dir=run_dir / "eval" / "videos" if videos else None,
+                          videos=videos, report_path=run_dir / "eval" / f"step_{step:07d}.json",
+                          progress=False)
+        nets.train(was_training)
+        log.scalars({"success_rate": result["success_rate"],
+                     "return": result["return_mean"], "length": result["length_mean"]},
+                    step, prefix="eval/")
+    s.barrier()
+    return result
+
+
+def finish(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset, s: core.Session,
+           run_dir: Path, step: int, log: core.TrainLog) -> dict[str, Any]:
+    result: dict[str, Any] = {"step": step, "run_dir": str(run_dir)}
+    if s.is_main:
+        core.write_history(run_dir, log.history)
+        save_policy(run_dir / "policy", cfg.agent, cfg.agent_cfg, nets,
+                    policy_meta(cfg, ds, step))
+        result["policy"] = str(run_dir / "policy")
+    result["eval"] = evaluate_now(cfg, nets, ds, s, run_dir, step, log, videos=cfg.videos)
+    return result
+
+
+def run(cfg: FinetuneConfig) -> int:
+    """CLI entry point."""
+    result = train(cfg)
+    if "policy" not in result:
+        return 0
+    print(f"\nrun: {result['run_dir']}  (step {result['step']})")
+    print(f"  policy saved to {result['policy']}")
+    ev = result.get("eval")
+    if ev:
+        lo, hi = ev["success_ci95"]
+        print(f"  {cfg.eval_env}: success {100 * ev['success_rate']:.1f}% "
+              f"[{100 * lo:.1f}, {100 * hi:.1f}] over {ev['episodes']} episodes, "
+              f"return {ev['return_mean']:.2f}, length {ev['length_mean']:.1f}")
+    return 0
+
+
