@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from vptr.config import helpfield
 from vptr.errors import ConfigError
@@ -77,11 +76,9 @@ class PrefixCritic(nn.Module):
         return x.flatten(0, 1)
 
     def prefixes(self, z: torch.Tensor, actions: torch.Tensor,
-                 head_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """(K, B, h); ``head_params`` replaces the heads' weights (held-fixed critic)."""
-        x = self.inputs(z, actions)
-        y = self.heads(x) if head_params is None else functional_call(self.heads, head_params,
-                                                                      (x,))
+                 fixed: bool = False) -> torch.Tensor:
+        """(K, B, h); ``fixed``: the heads' weights as constants (gradient to the actions)."""
+        y = self.heads(self.inputs(z, actions), fixed)
         return y.unflatten(1, (actions.shape[0], actions.shape[1]))
 
     def score(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -135,8 +132,7 @@ def loss_fn(nets: CORFTNets, target: PrefixCritic, batch: dict[str, torch.Tensor
     if cfg.alpha > 0 and float(rl_on) > 0:
         # TD3+BC: Q_h(s, π(s)) differentiated through the Euler steps into the policy only
         a_pi = euler_sample(nets.policy.flow, zp, cfg.flow_steps)
-        fixed = {k: v.detach() for k, v in nets.q.heads.named_parameters()}
-        q_pi = nets.q.prefixes(zq.detach(), a_pi, fixed)
+        q_pi = nets.q.prefixes(zq.detach(), a_pi, fixed=True)
         q_pi = q_pi[..., -1].mean(0)
         q_term = -cfg.alpha * q_pi.mean() / q_pi.abs().mean().detach().clamp_min(1e-6)
     actor_loss = bc + rl_on * q_term

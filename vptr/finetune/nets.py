@@ -206,7 +206,9 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fixed: bool = False) -> torch.Tensor:
+        if fixed:  # weights as constants: gradients reach x only
+            return torch.baddbmm(self.bias.detach(), x, self.weight.detach())
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -223,12 +225,15 @@ class EnsembleMLP(nn.Module):
         self.out = EnsembleLinear(k, dims[-1], out)
         self.out_dim = int(out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fixed: bool = False) -> torch.Tensor:
+        """``fixed=True`` treats the weights as constants (a policy loss through Q)."""
         if x.ndim == 2:
             x = x.unsqueeze(0).expand(self.k, -1, -1)
         for layer, norm in zip(self.layers, self.norms):
-            x = norm(F.gelu(layer(x)))
-        y = self.out(x)
+            x = F.gelu(layer(x, fixed))
+            x = (F.layer_norm(x, norm.normalized_shape, norm.weight.detach(),
+                              norm.bias.detach(), norm.eps) if fixed else norm(x))
+        y = self.out(x, fixed)
         return y.squeeze(-1) if self.out_dim == 1 else y
 
 

@@ -218,3 +218,19 @@ def test_normalizer_round_trip():
     x = torch.tensor([[2.0, 0.0, 5.0]])
     np.testing.assert_allclose(n(x).numpy(), [[1.0, -1.0, 0.0]])
     torch.testing.assert_close(n.inverse(n(x)), x)
+
+
+def test_corft_policy_term_moves_the_policy_not_the_critic():
+    from vptr.finetune import corft
+
+    agent = get_agent("corft")
+    cfg = dataclasses.replace(small_cfg(agent), bc_steps=0)
+    torch.manual_seed(0)
+    nets = agent.create(cfg, spec(), trunks)
+    batch = tiny_batch()
+    a_pi = torch.zeros(B, H, DA, requires_grad=True)
+    z = nets.q.encoder(batch, "obs").detach()
+    nets.q.prefixes(z, a_pi, fixed=True).sum().backward()
+    assert a_pi.grad.abs().sum() > 0
+    assert all(p.grad is None for p in nets.q.heads.parameters())
+    _ = corft  # the module under test
