@@ -26,6 +26,17 @@ def robot_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def robomimic_file(tmp_path_factory):
+    """The episodes of ``robot_dir`` (same config and seeds) written as robomimic HDF5."""
+    from sim.generate import ROBOMIMIC_FILE, RobotDataConfig, generate_robot
+
+    cfg = RobotDataConfig(tasks=("vptr/Reach-v0",), episodes_per_task=3, image_size=32,
+                          format="robomimic", data_dir=tmp_path_factory.mktemp("data"))
+    out, _ = generate_robot(cfg, log=lambda m: None)
+    return out / ROBOMIMIC_FILE
+
+
 @pytest.fixture
 def source_cfg(tmp_path):
     return RobotSourceConfig(frames=VideoSourceConfig(
@@ -83,6 +94,32 @@ def test_state_keys_are_concatenated_in_order(robot_dir, source_cfg):
     assert (e0 == e0[0]).all() and not np.array_equal(e0[0], e1[0])
     none = open_robot_dataset(robot_dir, dataclasses.replace(source_cfg, state_keys=()))
     assert none.state is None and "state" not in none.feature_names and "state" not in none.stats()
+
+
+def test_robomimic_format_reads_as_the_lerobot_format(robot_dir, robomimic_file, source_cfg):
+    """`vptr generate robot --format robomimic` of the same config: the same dataset."""
+    import h5py
+
+    cfg = dataclasses.replace(source_cfg, state_keys=("observation.state",
+                                                      "observation.environment_state"))
+    lerobot = open_robot_dataset(robot_dir, cfg)
+    hdf5 = open_robot_dataset(robomimic_file, cfg)
+    for field in ("lengths", "offsets", "terminal", "task_index", "state", "action", "reward",
+                  "done", "success"):
+        np.testing.assert_array_equal(getattr(hdf5, field), getattr(lerobot, field), field)
+    assert hdf5.fps == lerobot.fps and hdf5.tasks == lerobot.tasks == ["reach the red ball"]
+    assert hdf5.feature_names == lerobot.feature_names and hdf5.state_widths == [15, 8]
+    assert list(hdf5.cameras) == list(lerobot.cameras) == ["observation.images.front"]
+    cam = "observation.images.front"
+    with h5py.File(robomimic_file) as f:  # lossless: the frame cache holds the exact images
+        raw = np.concatenate([f[f"data/demo_{e}/obs/front_image"][()] for e in range(3)])
+    np.testing.assert_array_equal(hdf5.cameras[cam].frames, raw)
+    diff = np.abs(hdf5.cameras[cam].frames.astype(float) - lerobot.cameras[cam].frames)
+    assert diff.mean() < 5.0  # the LeRobot copy went through AV1 (crf 30): ~3 grey levels
+    train = open_robot_dataset(robomimic_file, dataclasses.replace(cfg, filter_key="train"))
+    valid = open_robot_dataset(robomimic_file, dataclasses.replace(cfg, filter_key="valid"))
+    assert train.num_episodes == 2 and valid.num_episodes == 1
+    assert sorted(train.lengths.tolist() + valid.lengths.tolist()) == sorted(lerobot.lengths)
 
 
 def _rewrite_parquet(folder, edit) -> None:
