@@ -60,7 +60,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "the run directory; rerunning the same command resumes. Multi-process: torchrun "
         "--nproc_per_node N -m vptr finetune ..."),
     "eval": Command(
-        "evaluate a fine-tuned policy in simulation: success rate with a 95% interval",
+        "evaluate a fine-tuned policy in simulation: success rate with a 95%% interval",
         "vptr.evaluate:EvalCommandConfig", "vptr.evaluate:run",
         "Runs N episodes of a policy (--run DIR of `vptr finetune`, or --policy DIR) in any "
         "registered environment whose observations match the policy (mismatches are "
