@@ -6,7 +6,10 @@ Stages so far:
    video embodiment, plus held-out evaluation video of both the video embodiment and
    the robot arm (which never appears in the training video);
 2. pretrain ICVF on the action-free video (reduced scale: small frames and encoder) and
-   score its value on the held-out sets against negative pixel L2 and untrained networks.
+   score its value on the held-out sets against negative pixel L2 and untrained networks;
+3. fine-tune QC (best-of-N over a flow chunk policy) on the robot demonstrations from the
+   ICVF encoder (front camera at the encoder's image size + proprioception), and
+   evaluate the policy in simulation (success rate with a Wilson 95 % interval).
 
 Everything is cached or resumable, so a second run is fast. The budget is 10 minutes on
 2 CPU cores for the whole pipeline.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from vptr.config import helpfield
 from vptr.errors import ConfigError
@@ -37,12 +41,18 @@ class QuickstartConfig:
     seed: int = helpfield(0, "base seed")
     pretrain_config: Path = helpfield(CONFIGS / "pretrain" / "icvf_reduced.toml",
                                       "pretraining options (TOML of PretrainConfig fields)")
-    pretrain_steps: int = helpfield(0, "override the pretraining steps (0 = the config's)")
+    pretrain_steps: int = helpfield(3000, "pretraining steps (0 = the config's)")
+    finetune_steps: int = helpfield(600, "fine-tuning steps")
+    finetune_agent: str = helpfield("qc", "fine-tuning agent")
+    encoder_mode: Literal["frozen", "scaled", "finetune"] = helpfield(
+        "scaled", "how the ICVF trunk is fine-tuned: frozen, scaled (lr x 0.1) or finetune")
+    policy_episodes: int = helpfield(20, "evaluation episodes of the fine-tuned policy")
     out_dir: Path = helpfield(Path("runs/quickstart"), "where runs are written")
     skip_pretrain: bool = helpfield(False, "only generate the data")
 
     def __post_init__(self) -> None:
-        for name in ("robot_episodes", "video_episodes", "eval_episodes"):
+        for name in ("robot_episodes", "video_episodes", "eval_episodes", "finetune_steps",
+                     "policy_episodes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -78,6 +88,45 @@ def pretrain_config(cfg: QuickstartConfig, paths: dict[str, Path]):
     return build_config(PretrainConfig, values, where=str(cfg.pretrain_config))
 
 
+def finetune_config(cfg: QuickstartConfig, robot: Path, pretrain_run: Path, image_size: int):
+    """The quickstart's FinetuneConfig: the ICVF trunk, the robot demos at its image size."""
+    from vptr.config import build_config
+    from vptr.train.finetune_loop import FinetuneConfig
+
+    agent = cfg.finetune_agent
+    values = {"data": str(robot), "agent": agent, "steps": cfg.finetune_steps,
+              "seed": cfg.seed, "out_dir": str(cfg.out_dir / "finetune"),
+              "encoder.init": str(pretrain_run), "encoder.mode": cfg.encoder_mode,
+              "shift_pad": 0 if cfg.encoder_mode == "frozen" else 2,
+              "source.frames.image_size": image_size, "eval_env": "vptr/Lift-v0",
+              "eval_episodes": cfg.policy_episodes, "videos": 2, "checkpoint_every": 200,
+              f"{agent}.batch_size": 64}
+    if agent in ("qc", "dqc"):
+        values[f"{agent}.act_samples"] = 16
+    if agent == "qc":
+        values["qc.target_samples"] = 4
+    return build_config(FinetuneConfig, values, where="quickstart")
+
+
+def finetune_stage(cfg: QuickstartConfig, robot: Path, pretrain_run: Path,
+                   image_size: int) -> dict:
+    from vptr.train.finetune_loop import train as finetune
+
+    fcfg = finetune_config(cfg, robot, pretrain_run, image_size)
+    t = time.time()
+    print(f"\n[3/3] fine-tuning {fcfg.agent} from the ICVF encoder ({fcfg.encoder.mode}, "
+          f"{image_size}x{image_size} front camera + state, {fcfg.steps} steps) on {robot}")
+    result = finetune(fcfg)
+    ev = result["eval"]
+    lo, hi = ev["success_ci95"]
+    print(f"fine-tuned in {time.time() - t:.0f}s -> {result['run_dir']}")
+    print(f"policy on {fcfg.eval_env}: success {100 * ev['success_rate']:.0f}% (95% CI "
+          f"{100 * lo:.0f}-{100 * hi:.0f}, {ev['episodes']} episodes), mean length "
+          f"{ev['length_mean']:.0f} steps; videos in {result['run_dir']}/eval/videos")
+    print(f"  evaluate again: ./run vptr eval --run {result['run_dir']} --episodes 50")
+    return result
+
+
 def run(cfg: QuickstartConfig) -> int:
     from sim.generate import generate_robot, generate_video
 
@@ -92,7 +141,7 @@ def run(cfg: QuickstartConfig) -> int:
         stats = record["stats"]
         count = stats.get("episodes", stats.get("videos"))
         rows.append((name, count, stats["frames"], f"{time.time() - t:.1f}s", str(out)))
-    print("\n[1/2] data")
+    print("\n[1/3] data")
     print(f"{'set':<10} {'episodes':>8} {'frames':>7} {'time':>7}  path")
     for name, count, frames, took, path in rows:
         print(f"{name:<10} {count:>8} {frames:>7} {took:>7}  {path}")
@@ -102,12 +151,14 @@ def run(cfg: QuickstartConfig) -> int:
 
         pcfg = pretrain_config(cfg, paths)
         t = time.time()
-        print(f"\n[2/2] pretraining {pcfg.objective} ({pcfg.encoder}, "
+        print(f"\n[2/3] pretraining {pcfg.objective} ({pcfg.encoder}, "
               f"{pcfg.source.image_size}x{pcfg.source.image_size}, {pcfg.steps} steps) on {paths['video']}")
         result = train(pcfg)
         print(f"pretrained in {time.time() - t:.0f}s -> {result['run_dir']}")
         held_out = cfg.eval_episodes * len(cfgs["eval_hand"].tasks)  # all of them
         evaluate_run(EvaluateValuesConfig(run=Path(result["run_dir"]), episodes=held_out,
                                           untrained_seeds=3))
+        finetune_stage(cfg, paths["robot"], Path(result["run_dir"]),
+                       int(pcfg.source.image_size))
     print(f"\nquickstart finished in {time.time() - start:.1f}s")
     return 0
