@@ -19,8 +19,9 @@ def test_no_god_functions_in_the_training_loops():
     long = [(p.name, name, n) for p in (ROOT / "vptr" / "train").glob("*.py")
             for name, n in _functions(p) if n > 60]
     assert not long, long
-    loop = dict(_functions(ROOT / "vptr" / "train" / "pretrain_loop.py"))["train"]
-    assert loop <= 50, f"the pretraining loop is {loop} lines: it should fit on one screen"
+    for name in ("pretrain_loop.py", "finetune_loop.py"):
+        loop = dict(_functions(ROOT / "vptr" / "train" / name))["train"]
+        assert loop <= 50, f"the {name} train() is {loop} lines: it should fit on one screen"
 
 
 def _imports(package: Path) -> set[str]:
@@ -35,11 +36,11 @@ def _imports(package: Path) -> set[str]:
 
 
 def test_diagnostics_nets_and_run_files_import_no_training_code():
-    for part in ("diagnostics", "nets", "pretrain", "data"):
+    for part in ("diagnostics", "nets", "pretrain", "data", "finetune"):
         bad = {m for m in _imports(ROOT / "vptr" / part) if m.startswith("vptr.train")}
         assert not bad, (part, bad)
     code = ("import sys; import vptr.diagnostics.evaluate, vptr.diagnostics.heldout, "
-            "vptr.nets.weights, vptr.runs; "
+            "vptr.nets.weights, vptr.runs, vptr.finetune.policy, vptr.evaluate; "
             "print([m for m in sys.modules if m.startswith('vptr.train')])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120)
