@@ -1,0 +1,208 @@
+"""Chunk executors: which action runs in which period, in every mode; asynchronous
+inference and RTC without stalls or seams (deterministic latency, then real threads)."""
+
+import time
+
+import numpy as np
+import pytest
+from vptr_runtime_helpers import OBS, CountingPolicy, LatencyPolicy, disagreeing_flow, io
+
+from robots.base import ActionSpec, RobotSpec
+from robots.mock import MockRobot
+from vptr.errors import ConfigError
+from vptr.runtime import ControlLoop, LoopConfig, SafetyFilter
+from vptr.runtime.executor import ExecutorConfig, make_executor
+
+
+def run(ex, n, obs=OBS):
+    out = []
+    for _ in range(n):
+        a = ex.step(obs)
+        out.append(None if a is None else float(a[0]))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["chunk", "receding", "async", "rtc"])
+def test_the_first_chunk_skips_nothing(mode):
+    if mode == "rtc":
+        p = disagreeing_flow(h=8, offset=3.0, slope=1.0)
+        ex = make_executor(p, ExecutorConfig(mode="rtc", warmup=False), simulated_delay=3)
+        ex.start(OBS)
+        first = ex._q[:, 0].copy()
+        got = run(ex, 4)  # chunk 0 runs until the first request lands (period 2 + 3 = 5)
+        np.testing.assert_allclose(got, first[:4])
+        return
+    p = CountingPolicy(h=8)
+    ex = make_executor(p, ExecutorConfig(mode=mode, execute=5),
+                       simulated_delay=3 if mode == "async" else None)
+    ex.start(OBS)
+    assert run(ex, 5) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_open_loop_and_receding_horizon_replan_where_they_should():
+    ex = make_executor(CountingPolicy(h=4), ExecutorConfig(mode="chunk"))
+    ex.start(OBS)
+    assert run(ex, 9) == [0, 1, 2, 3, 1000, 1001, 1002, 1003, 2000]
+    ex = make_executor(CountingPolicy(h=8), ExecutorConfig(mode="receding", execute=3))
+    ex.start(OBS)
+    assert run(ex, 8) == [0, 1, 2, 1000, 1001, 1002, 2000, 2001]
+    assert ex.stats.inferences == 3 and ex.stats.blocking_s > 0
+
+
+def test_temporal_ensembling_weights_the_oldest_prediction_most():
+    class Const:
+        def __init__(self):
+            self.io, self.k = io(4), 0
+
+        def __call__(self, obs):
+            self.k += 1
+            return np.full((4, 1), float(self.k - 1))  # chunk k predicts k everywhere
+
+    m = 0.5
+    ex = make_executor(Const(), ExecutorConfig(mode="ensemble", ensemble_decay=m))
+    ex.start(OBS)
+    got = run(ex, 6)
+    w = np.exp(-m * np.arange(4))
+    assert got[0] == 0.0
+    assert got[2] == pytest.approx((w[:3] @ [0, 1, 2]) / w[:3].sum())
+    # from period 3 on, four chunks cover each period: the last h predictions
+    assert got[5] == pytest.approx((w @ [2, 3, 4, 5]) / w.sum())
+    assert ex.stats.seams == []  # one blended stream, no chunk switches
+
+
+def test_a_landed_chunk_skips_exactly_the_actions_popped_since_its_request():
+    ex = make_executor(CountingPolicy(h=8), ExecutorConfig(mode="async", horizon=2, blend="none"),
+                       simulated_delay=3)
+    ex.start(OBS)
+    got = run(ex, 8)
+    # chunk 1 is requested after period 1 (2 executed) for periods 2..9, lands 3 periods
+    # later: periods 2, 3, 4 ran from chunk 0, period 5 runs chunk 1's index 3
+    assert got[:6] == [0, 1, 2, 3, 4, 1003]
+    assert ex.stats.delays[0] == 3 and ex.requests[0]["i0"] == 2
+
+
+def test_missed_periods_drop_their_stale_actions_in_asynchronous_modes():
+    ex = make_executor(CountingPolicy(h=8), ExecutorConfig(mode="async", horizon=8), simulated_delay=1)
+    ex.start(OBS)
+    assert float(ex.step(OBS)[0]) == 0.0
+    assert float(ex.step(OBS, elapsed=3)[0]) == 3.0  # periods 1 and 2 were missed
+    assert ex.stats.dropped == 2
+    sync = make_executor(CountingPolicy(h=8), ExecutorConfig(mode="chunk"))
+    sync.start(OBS)
+    sync.step(OBS)
+    assert float(sync.step(OBS, elapsed=3)[0]) == 1.0  # the synchronous robot waits instead
+
+
+@pytest.mark.parametrize("mode", ["async", "rtc"])
+@pytest.mark.parametrize("h", [8, 16])
+def test_no_period_goes_without_a_command_with_half_a_chunk_of_latency(mode, h):
+    p = disagreeing_flow(h=h) if mode == "rtc" else CountingPolicy(h=h)
+    ex = make_executor(p, ExecutorConfig(mode=mode), simulated_delay=h // 2)
+    ex.start(OBS)
+    got = run(ex, 10 * h)
+    assert None not in got and ex.stats.empty_steps == 0
+    assert ex.stats.delays and set(ex.stats.delays) == {h // 2}
+    # more latency than half a chunk cannot be served by serial inference: it stalls
+    slow = make_executor(CountingPolicy(h=h), ExecutorConfig(mode="async"), simulated_delay=h // 2 + 1)
+    slow.start(OBS)
+    assert None in run(slow, 10 * h)
+
+
+@pytest.mark.parametrize("delay", [2, 5, 8])
+def test_rtc_has_no_seam_jump_larger_than_the_step_limit_when_chunks_disagree(delay):
+    limit = 0.15  # the consecutive chunks' means differ by 1.0
+    rtc = make_executor(disagreeing_flow(h=16, offset=0.5), ExecutorConfig(mode="rtc"),
+                        simulated_delay=delay)
+    rtc.start(OBS)
+    traj = np.array(run(rtc, 120))
+    assert len(rtc.stats.seams) >= 6
+    assert max(rtc.stats.seams) <= limit, rtc.stats.seams
+    assert np.abs(np.diff(traj)).max() <= limit  # inside chunks as well
+    plain = make_executor(disagreeing_flow(h=16, offset=0.5), ExecutorConfig(mode="async", blend="none"),
+                          simulated_delay=delay)
+    plain.start(OBS)
+    run(plain, 120)
+    assert max(plain.stats.seams) > 0.8  # without inpainting the chunks' disagreement shows
+
+
+def test_rtc_hands_a_short_prefix_held_not_zero_padded_and_freezes_the_measured_delay():
+    p = disagreeing_flow(h=8, offset=3.0)  # actions near +-3: a zero pad would stand out
+    ex = make_executor(p, ExecutorConfig(mode="rtc", horizon=6, margin=0), simulated_delay=2)
+    ex.start(OBS)
+    run(ex, 30)
+    (cold, _), (warm, _), *requests = p.prefixes
+    assert cold is None  # the cold start is a plain sample
+    first, second = ex.requests[0], ex.requests[1]
+    # the first request runs before any delay was measured: all pending actions frozen
+    assert first["frozen"] == first["pending"] == 2
+    assert second["frozen"] == ex.stats.delays[0] + 1 == 3
+    for (prefix, weights), req in zip(requests, ex.requests):
+        n = req["pending"]
+        assert n < 8  # a short prefix ...
+        np.testing.assert_array_equal(prefix[n:], np.repeat(prefix[n - 1:n], 8 - n, axis=0))  # ... held
+        assert np.all(np.abs(prefix[:, 0]) > 2.0)  # never zeros
+        np.testing.assert_array_equal(weights[:req["frozen"]], 1.0)
+
+
+def test_a_bad_chunk_or_policy_is_a_clear_error():
+    class Wrong:
+        def __init__(self):
+            self.io = io(4)
+
+        def __call__(self, obs):
+            return np.zeros((3, 1))
+
+    ex = make_executor(Wrong(), ExecutorConfig(mode="chunk"))
+    with pytest.raises(ConfigError, match="shape \\(3, 1\\), expected \\(4, 1\\)"):
+        ex.start(OBS)
+    with pytest.raises(ConfigError, match="needs a flow policy"):
+        make_executor(CountingPolicy(), ExecutorConfig(mode="rtc"))
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        ExecutorConfig(mode="fast")
+    with pytest.raises(ConfigError, match="simulated_delay is only for async"):
+        make_executor(CountingPolicy(), ExecutorConfig(mode="chunk"), simulated_delay=2)
+
+
+def test_a_policy_error_in_the_inference_thread_reaches_the_control_thread():
+    class Breaks(CountingPolicy):
+        def __call__(self, obs):
+            if self.calls == 1:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return super().__call__(obs)
+
+    ex = make_executor(Breaks(h=4), ExecutorConfig(mode="async", horizon=1))
+    ex.start(OBS)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        for _ in range(200):
+            ex.step(OBS)
+            time.sleep(0.002)
+    ex.close()
+
+
+# ----------------------------------------------------------------------- real threads
+
+
+def _one_joint_robot(rate):
+    spec = RobotSpec(state_names=("a",), rate_hz=rate,
+                     action=ActionSpec(names=("a",), low=(-5.0,), high=(5.0,), max_step=(5.0,)))
+    robot = MockRobot(spec=spec)
+    robot.connect()
+    return robot
+
+
+@pytest.mark.parametrize("mode", ["async", "rtc"])
+def test_threaded_inference_with_half_a_chunk_of_latency_leaves_no_period_without_a_command(mode):
+    rate, h = 10.0, 8  # a chunk lasts 0.8 s; each inference takes 0.4 s in all
+    latency = 0.5 * h / rate
+    policy = (disagreeing_flow(h=h, latency_s=latency, state=("a",)) if mode == "rtc"
+              else LatencyPolicy(h, latency, state=("a",)))
+    robot = _one_joint_robot(rate)
+    executor = make_executor(policy, ExecutorConfig(mode=mode))
+    loop = ControlLoop(robot, policy.io, executor, SafetyFilter(robot.spec.action, rate),
+                       LoopConfig(rate_hz=rate, max_steps=32, handle_sigint=False, estop_signal=None))
+    report = loop.run()
+    assert report.steps == 32 and report.stop_reason == "max_steps"
+    assert executor.stats.inferences >= 5
+    assert report.holds == 0 and executor.stats.empty_steps == 0, executor.stats
+    assert min(executor.stats.latencies_s) >= 0.4
+    assert set(executor.stats.delays) <= {4}
