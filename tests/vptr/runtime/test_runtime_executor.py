@@ -5,10 +5,8 @@ import time
 
 import numpy as np
 import pytest
-from vptr_runtime_helpers import OBS, CountingPolicy, LatencyPolicy, disagreeing_flow, io
+from vptr_runtime_helpers import OBS, CountingPolicy, LatencyPolicy, disagreeing_flow, io, one_joint_robot
 
-from robots.base import ActionSpec, RobotSpec
-from robots.mock import MockRobot
 from vptr.errors import ConfigError
 from vptr.runtime import ControlLoop, LoopConfig, SafetyFilter
 from vptr.runtime.executor import ExecutorConfig, make_executor
@@ -182,21 +180,13 @@ def test_a_policy_error_in_the_inference_thread_reaches_the_control_thread():
 # ----------------------------------------------------------------------- real threads
 
 
-def _one_joint_robot(rate):
-    spec = RobotSpec(state_names=("a",), rate_hz=rate,
-                     action=ActionSpec(names=("a",), low=(-5.0,), high=(5.0,), max_step=(5.0,)))
-    robot = MockRobot(spec=spec)
-    robot.connect()
-    return robot
-
-
 @pytest.mark.parametrize("mode", ["async", "rtc"])
 def test_threaded_inference_with_half_a_chunk_of_latency_leaves_no_period_without_a_command(mode):
     rate, h = 10.0, 8  # a chunk lasts 0.8 s; each inference takes 0.4 s in all
     latency = 0.5 * h / rate
     policy = (disagreeing_flow(h=h, latency_s=latency, state=("a",)) if mode == "rtc"
               else LatencyPolicy(h, latency, state=("a",)))
-    robot = _one_joint_robot(rate)
+    robot = one_joint_robot(rate)
     executor = make_executor(policy, ExecutorConfig(mode=mode))
     loop = ControlLoop(robot, policy.io, executor, SafetyFilter(robot.spec.action, rate),
                        LoopConfig(rate_hz=rate, max_steps=32, handle_sigint=False, estop_signal=None))

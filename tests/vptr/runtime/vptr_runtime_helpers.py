@@ -64,9 +64,9 @@ class LatencyPolicy(CountingPolicy):
 class StallingPolicy:
     """Answers the first call, then blocks until released (an inference that hangs)."""
 
-    def __init__(self, h: int = 4, dim: int = 1) -> None:
-        self.io = io(h, names=tuple(f"a{i}" for i in range(dim)))
-        self.h, self.dim = h, dim
+    def __init__(self, h: int = 4) -> None:
+        self.io = io(h, names=("a",), state=("a",))
+        self.h = h
         self.release = threading.Event()
         self.calls = 0
 
@@ -74,4 +74,17 @@ class StallingPolicy:
         self.calls += 1
         if self.calls > 1:
             self.release.wait(30)
-        return np.full((self.h, self.dim), 0.01 * self.calls)
+        return np.full((self.h, 1), 0.01 * self.calls)
+
+
+def one_joint_robot(rate: float = 50.0, clock=None, faults=None, robot_cls=None):
+    """A connected mock robot with one absolute joint ``a`` in [-5, 5]."""
+    from robots.base import ActionSpec, RobotSpec
+    from robots.mock import Faults, MockRobot
+
+    spec = RobotSpec(state_names=("a",), rate_hz=rate,
+                     action=ActionSpec(names=("a",), low=(-5.0,), high=(5.0,), max_step=(5.0,)))
+    kw = {} if clock is None else {"clock": clock.now, "sleep": clock.sleep}
+    robot = (robot_cls or MockRobot)(spec=spec, faults=faults or Faults(), **kw)
+    robot.connect()
+    return robot
