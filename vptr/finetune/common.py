@@ -52,6 +52,21 @@ class AgentConfig:
         return self.chunk
 
 
+@dataclass(frozen=True)
+class CriticAgentConfig(AgentConfig):
+    """Options of the agents with a critic ensemble and its Polyak-averaged target."""
+
+    critic_heads: int = helpfield(2, "critic ensemble size")
+    target_rate: float = helpfield(0.005, "Polyak rate of the target critic")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.critic_heads < 1:
+            raise ConfigError(f"critic_heads must be >= 1, got {self.critic_heads}")
+        if not 0.0 < self.target_rate <= 1.0:
+            raise ConfigError(f"target_rate must be in (0, 1], got {self.target_rate}")
+
+
 class AgentNets(nn.Module):
     """An agent's networks; ``action_norm`` maps dataset actions to [-1, 1] and back.
 

@@ -30,8 +30,8 @@ from torch import nn
 from vptr.config import helpfield
 from vptr.errors import ConfigError
 from vptr.finetune.common import (
-    AgentConfig,
     AgentNets,
+    CriticAgentConfig,
     TrunkFactory,
     actions_of,
     chunk_target,
@@ -42,12 +42,10 @@ from vptr.finetune.nets import DataSpec, EnsembleMLP, ObsEncoder, euler_sample, 
 
 
 @dataclass(frozen=True)
-class CORFTConfig(AgentConfig):
+class CORFTConfig(CriticAgentConfig):
     bc_steps: int = helpfield(1000, "imitation-only policy updates before the RL term")
     alpha: float = helpfield(2.5, "weight of the normalised Q term in the policy loss")
     mc_lower_bound: bool = helpfield(True, "raise targets to the Monte-Carlo return-to-go")
-    critic_heads: int = helpfield(2, "critic ensemble size")
-    target_rate: float = helpfield(0.005, "Polyak rate of the target critic")
 
     def __post_init__(self) -> None:
         super().__post_init__()

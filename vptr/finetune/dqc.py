@@ -29,8 +29,8 @@ from torch import nn
 from vptr.config import helpfield
 from vptr.errors import ConfigError
 from vptr.finetune.common import (
-    AgentConfig,
     AgentNets,
+    CriticAgentConfig,
     TrunkFactory,
     actions_of,
     chunk_target,
@@ -49,13 +49,11 @@ from vptr.finetune.nets import (
 
 
 @dataclass(frozen=True)
-class DQCConfig(AgentConfig):
+class DQCConfig(CriticAgentConfig):
     backup_horizon: int = helpfield(25, "H: actions per chunk-critic backup (H >= chunk)")
     distill_expectile: float = helpfield(0.8, "κ_d: upper expectile of Q_a toward Q_c")
     value_expectile: float = helpfield(0.9, "κ_b: upper expectile of V toward Q_a")
-    critic_heads: int = helpfield(2, "ensemble size of Q_c and Q_a")
     act_samples: int = helpfield(32, "best-of-N candidates under Q_a when acting")
-    target_rate: float = helpfield(0.005, "Polyak rate of the critics' target")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -16,8 +16,8 @@ import torch
 from vptr.config import helpfield
 from vptr.errors import ConfigError
 from vptr.finetune.common import (
-    AgentConfig,
     AgentNets,
+    CriticAgentConfig,
     TrunkFactory,
     actions_of,
     chunk_target,
@@ -36,12 +36,10 @@ from vptr.finetune.nets import (
 
 
 @dataclass(frozen=True)
-class IQLConfig(AgentConfig):
+class IQLConfig(CriticAgentConfig):
     expectile: float = helpfield(0.8, "value expectile τ (0.7-0.9)")
     beta: float = helpfield(3.0, "advantage temperature β of the policy weights (3-10)")
     max_weight: float = helpfield(100.0, "clip of the advantage weights")
-    critic_heads: int = helpfield(2, "critic ensemble size")
-    target_rate: float = helpfield(0.005, "Polyak rate of the target critic")
 
     def __post_init__(self) -> None:
         super().__post_init__()

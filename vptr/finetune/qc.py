@@ -25,8 +25,8 @@ import torch
 from vptr.config import helpfield
 from vptr.errors import ConfigError
 from vptr.finetune.common import (
-    AgentConfig,
     AgentNets,
+    CriticAgentConfig,
     TrunkFactory,
     actions_of,
     aggregate,
@@ -38,19 +38,17 @@ from vptr.finetune.nets import DataSpec, QNet, best_of_n, flow_matching_loss, sa
 
 
 @dataclass(frozen=True)
-class QCConfig(AgentConfig):
+class QCConfig(CriticAgentConfig):
     """QC best-of-N (defaults for 2 CPU cores; paper: N 32, 4 x 512, batch 256)."""
 
     target_samples: int = helpfield(8, "best-of-N candidates in the TD target [paper: 32]")
     act_samples: int = helpfield(32, "best-of-N candidates when acting")
-    critic_heads: int = helpfield(2, "critic ensemble size")
     q_agg: Literal["mean", "min"] = helpfield("mean", "ensemble aggregation in the target")
-    target_rate: float = helpfield(0.005, "Polyak rate of the target critic")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.target_samples < 1 or self.critic_heads < 1:
-            raise ConfigError("target_samples and critic_heads must be >= 1")
+        if self.target_samples < 1:
+            raise ConfigError(f"target_samples must be >= 1, got {self.target_samples}")
 
 
 class QCNets(AgentNets):
