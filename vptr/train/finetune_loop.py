@@ -280,7 +280,8 @@ def build_training(cfg: FinetuneConfig, agent: Agent, spec: DataSpec, trunks, ds
     opt = torch.optim.Adam(param_groups(cfg, nets), lr=acfg.lr, eps=acfg.adam_eps)
     targets = ((target, part, float(acfg.target_rate)),) if target is not None else ()
     module = core.LossModule(nets, target, agent.loss_fn, acfg)
-    embed = frozen_embeddings(cfg, nets, ds, s) if cfg.encoder.mode == "frozen" else None
+    frozen = cfg.encoder.mode == "frozen" and bool(ds.cameras)
+    embed = frozen_embeddings(cfg, nets, ds, s) if frozen else None
     return nets, core.TrainStep(module, s, opt, targets), embed
 
 
