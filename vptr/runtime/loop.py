@@ -143,10 +143,11 @@ class LoopReport:
     seams: list[float] = dataclasses.field(default_factory=list)
     success: bool | None = None
     log_dropped: int = 0
+    span_s: float = 0.0  # from the first period's start to the last one's
 
     @property
     def achieved_hz(self) -> float:
-        return self.steps / self.duration_s if self.duration_s > 0 else 0.0
+        return (self.steps - 1) / self.span_s if self.span_s > 0 else 0.0
 
     def summary(self) -> dict[str, Any]:
         ms = {k: round(v * 1e3, 3) for k, v in _percentiles(self.jitter_s).items()}
@@ -241,6 +242,7 @@ class ControlLoop:
         t0 = clock.now()
         self._last_action_t = t0
         k = 0
+        first = t0
         while True:
             if cfg.max_steps is not None and report.steps >= cfg.max_steps:
                 report.stop_reason = "max_steps"
@@ -264,6 +266,8 @@ class ControlLoop:
                               "holds": report.holds, "command": self.safety.last})
             report.steps += 1
             report.duration_s = end - t0
+            report.span_s = start - first if report.steps > 1 else 0.0
+            first = start if report.steps == 1 else first
             report.work_s.append(end - start)
             if end > t0 + (k + 1) * period:
                 report.overruns += 1
