@@ -157,7 +157,7 @@ def train(cfg: FinetuneConfig, stop_after: int | None = None) -> dict[str, Any]:
 
     agent, acfg = get_agent(cfg.agent), cfg.agent_cfg
     with core.session(cfg.device, cfg.threads, cfg.deterministic, cfg.amp, cfg.compile) as s:
-        ds = open_data(cfg)
+        ds = open_data(cfg, s)
         spec, trunks = data_spec(cfg, ds), trunk_factory(cfg, ds)
         nets, step_fn, embed = build_training(cfg, agent, spec, trunks, ds, s)
         with core.run_directory(cfg.run_dir(), to_dict(cfg), s) as run_dir:
@@ -192,11 +192,16 @@ def train(cfg: FinetuneConfig, stop_after: int | None = None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- pieces
 
 
-def open_data(cfg: FinetuneConfig) -> RobotDataset:
-    """The dataset, validated (before the run directory exists: bad data creates nothing)."""
+def open_data(cfg: FinetuneConfig, s: core.Session | None = None) -> RobotDataset:
+    """The dataset, validated (before the run directory exists: bad data creates nothing).
+    Rank 0 decodes the images into the frame cache first; the other ranks then open it."""
     from vptr.data.robot import open_robot_dataset
 
+    if s is not None and not s.is_main:
+        s.barrier()
     ds = open_robot_dataset(cfg.data, cfg.source)
+    if s is not None and s.is_main:
+        s.barrier()
     if ds.state is None and not ds.cameras:
         raise DataError(f"{cfg.data}: neither a state nor a camera feature to learn from")
     return ds

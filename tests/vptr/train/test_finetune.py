@@ -226,3 +226,23 @@ def test_acting_wrapper_stacks_consecutive_frames():
     pol.observe({"pixels.front": np.full((1, 8, 8, 3), 7, np.uint8), "env_index": np.array([1])})
     assert pol._stacked("pixels.front", np.array([1]))[0, ::3, 0, 0].tolist() == [7, 7, 7]
     assert pol(frame(3)).shape == (2, 2, 2)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(robot_dir, tmp_path):
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "vptr",
+                        "finetune", "--data", str(robot_dir), "--agent", "qc", "--steps", "4",
+                        "--checkpoint-every", "2", "--log-every", "2", "--qc.batch-size", "8",
+                        "--qc.hidden", "32", "32", "--qc.target-samples", "2",
+                        "--source.frames.image-size", str(SIZE), "--source.frames.cache-dir",
+                        str(tmp_path / "cache"), "--out-dir", str(tmp_path / "runs"),
+                        "--run-name", "ddp", "--threads", "1", "--no-progress"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "ddp"
+    assert (run / "policy" / "policy.json").exists()
+    assert [h[0] for h in json.loads((run / "history.json").read_text())] == [2, 4]
