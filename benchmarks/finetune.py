@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import resource
+import sys
 import time
 
-import numpy as np
-import torch
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# benchmarks/sim.py is named like the `sim` package: keep this folder off the import path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-from vptr.diagnostics.machine import describe as machine_line
-from vptr.finetune import AGENTS, get_agent
-from vptr.finetune.nets import DataSpec
-from vptr.nets.encoders import make_encoder
-from vptr.train.core import make_target
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vptr.diagnostics.machine import describe as machine_line  # noqa: E402
+from vptr.finetune import AGENTS, get_agent  # noqa: E402
+from vptr.finetune.nets import DataSpec  # noqa: E402
+from vptr.nets.encoders import make_encoder  # noqa: E402
+from vptr.train.core import make_target  # noqa: E402
 
 CAM = "observation.images.front"
 
@@ -139,12 +147,13 @@ def main() -> None:
     if not args.no_eval:
         from sim.evaluate import measure_throughput
 
-        print(f"\n{'eval workers':<13} {'episodes/s':>10}")
+        print(f"\nevaluation, vptr/Lift-v0 at {size}x{size}, zero actions (full-length episodes)")
+        print(f"{'eval workers':<13} {'episodes/s':>10}")
         for w in (1, 2):
             eps = measure_throughput("vptr/Lift-v0", num_workers=w,
                                      episodes=4 if args.tiny else 20,
                                      env_kwargs={"image_size": size})
-            print(f"{w:<13} {eps if isinstance(eps, float) else eps['episodes_per_s']:>10.2f}")
+            print(f"{w:<13} {eps['episodes_per_s']:>10.2f}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak resident memory: {peak:.0f} MiB")
 

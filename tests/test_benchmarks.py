@@ -26,3 +26,11 @@ def test_pretrain_benchmark_imports_the_trainer_step():
     text = (ROOT / "benchmarks" / "pretrain.py").read_text()
     assert "from vptr.train.pretrain_loop import PretrainConfig, build_training" in text
     assert "loss.backward()" not in text  # no re-implemented step
+
+
+def test_finetune_benchmark_runs_tiny():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "finetune.py"), "--tiny"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "QC frozen-cached / fine-tuned encoder" in r.stdout
+    assert "eval workers" in r.stdout and "peak resident memory" in r.stdout
