@@ -41,10 +41,9 @@ from vptr.finetune.nets import (
     DataSpec,
     EnsembleMLP,
     ObsEncoder,
-    best_of_n,
+    act_best_of_n,
     expectile_loss,
     flow_matching_loss,
-    sample_candidates,
 )
 
 
@@ -145,7 +144,5 @@ def loss_fn(nets: DQCNets, target: Critics, batch: dict[str, torch.Tensor], cfg:
 def act(nets: DQCNets, batch: dict[str, torch.Tensor], cfg: DQCConfig,
         samples: int | None = None) -> torch.Tensor:
     """Best-of-N short chunks (B, h, Da) under Q_a, normalised units."""
-    n = samples or cfg.act_samples
-    cands = sample_candidates(nets.policy, nets.policy.encoder(batch, "obs"), n,
-                              cfg.flow_steps)
-    return best_of_n(nets.critics, nets.critics.encoder(batch, "obs"), cands)
+    return act_best_of_n(nets.policy, nets.critics, batch, samples or cfg.act_samples,
+                         cfg.flow_steps)

@@ -28,10 +28,9 @@ from vptr.finetune.nets import (
     DataSpec,
     QNet,
     VNet,
-    best_of_n,
+    act_best_of_n,
     expectile_loss,
     flow_matching_loss,
-    sample_candidates,
 )
 
 
@@ -94,7 +93,5 @@ def loss_fn(nets: IQLNets, target_q: QNet, batch: dict[str, torch.Tensor], cfg: 
 def act(nets: IQLNets, batch: dict[str, torch.Tensor], cfg: IQLConfig,
         samples: int | None = None) -> torch.Tensor:
     """A policy sample (best-of-N under Q when ``act_samples`` > 1), normalised units."""
-    n = samples or cfg.act_samples
-    cands = sample_candidates(nets.policy, nets.policy.encoder(batch, "obs"), n,
-                              cfg.flow_steps)
-    return cands[:, 0] if n == 1 else best_of_n(nets.q, nets.q.encoder(batch, "obs"), cands)
+    return act_best_of_n(nets.policy, nets.q, batch, samples or cfg.act_samples,
+                         cfg.flow_steps)

@@ -300,6 +300,15 @@ def best_of_n(q: QNet, zq: torch.Tensor, candidates: torch.Tensor) -> torch.Tens
     return candidates[torch.arange(b, device=candidates.device), best]
 
 
+def act_best_of_n(policy: PolicyNet, critic: nn.Module, batch: dict[str, torch.Tensor],
+                  n: int, steps: int) -> torch.Tensor:
+    """Acting: the best of ``n`` policy samples under ``critic`` (which has ``encoder`` and
+    ``score``); ``n = 1`` is the plain sample and runs no critic. Each network encodes the
+    observation once."""
+    cands = sample_candidates(policy, policy.encoder(batch, "obs"), n, steps)
+    return cands[:, 0] if n == 1 else best_of_n(critic, critic.encoder(batch, "obs"), cands)
+
+
 def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     """``|τ − 1(diff < 0)| · diff²`` (IQL's asymmetric L2), elementwise."""
     weight = torch.where(diff < 0, 1.0 - tau, tau)

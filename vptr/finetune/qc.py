@@ -34,7 +34,14 @@ from vptr.finetune.common import (
     make_obs_encoder,
     make_policy,
 )
-from vptr.finetune.nets import DataSpec, QNet, best_of_n, flow_matching_loss, sample_candidates
+from vptr.finetune.nets import (
+    DataSpec,
+    QNet,
+    act_best_of_n,
+    best_of_n,
+    flow_matching_loss,
+    sample_candidates,
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,5 @@ def loss_fn(nets: QCNets, target_q: QNet, batch: dict[str, torch.Tensor], cfg: Q
 def act(nets: QCNets, batch: dict[str, torch.Tensor], cfg: QCConfig,
         samples: int | None = None) -> torch.Tensor:
     """Best-of-N chunks (B, h, Da), normalised units."""
-    n = samples or cfg.act_samples
-    cands = sample_candidates(nets.policy, nets.policy.encoder(batch, "obs"), n,
-                              cfg.flow_steps)
-    return best_of_n(nets.q, nets.q.encoder(batch, "obs"), cands)
+    return act_best_of_n(nets.policy, nets.q, batch, samples or cfg.act_samples,
+                         cfg.flow_steps)
