@@ -79,9 +79,12 @@ class LoadedPolicy:
         self.state_keys = [env_key(f) for f in meta.get("state_features", [])]
         self.camera_keys = {c: env_key(c) for c in self.data_spec.cameras}
         tasks = list(meta.get("tasks", []))
-        self.task_index = tasks.index(task) if isinstance(task, str) else int(task)
         if isinstance(task, str) and task not in tasks:
             raise DataError(f"policy: unknown task {task!r} (tasks: {tasks})")
+        self.task_index = tasks.index(task) if isinstance(task, str) else int(task)
+        if not 0 <= self.task_index < max(self.data_spec.num_tasks, 1):
+            raise DataError(f"policy: task index {self.task_index} out of range "
+                            f"(0..{self.data_spec.num_tasks - 1})")
         self.frames: dict[int, dict[str, list[np.ndarray]]] = {}  # slot -> key -> frames
         self._observing = False
         self.chunk = int(agent_cfg.chunk)

@@ -246,3 +246,29 @@ def test_torchrun_two_processes(robot_dir, tmp_path):
     run = tmp_path / "runs" / "ddp"
     assert (run / "policy" / "policy.json").exists()
     assert [h[0] for h in json.loads((run / "history.json").read_text())] == [2, 4]
+
+
+def test_multi_task_policy_is_conditioned_by_task_string(tmp_path):
+    from sim.generate import RobotDataConfig, generate_robot
+    from vptr.finetune.policy import load_policy
+
+    data, _ = generate_robot(RobotDataConfig(tasks=("vptr/Reach-v0", "vptr/Lift-v0"),
+                                             episodes_per_task=2, image_size=SIZE,
+                                             data_dir=tmp_path / "data"), log=lambda m: None)
+    cfg = config(data, tmp_path, agent="flowbc", steps=2, checkpoint_every=2, log_every=1,
+                 **{"source.images": False})
+    result = train(cfg)
+    doc = json.loads((tmp_path / "runs" / "r" / "policy" / "policy.json").read_text())
+    assert len(doc["tasks"]) == 2 and doc["spec"]["num_tasks"] == 2
+    lift = next(t for t in doc["tasks"] if "cube" in t)
+    policy = load_policy(result["policy"], task=lift)
+    assert policy.task_index == doc["tasks"].index(lift)
+    obs = {"state": np.zeros((3, doc["state_widths"][0]), np.float32),
+           "environment_state": np.zeros((3, doc["state_widths"][1]), np.float32)}
+    torch.manual_seed(0)
+    a = policy(obs)
+    torch.manual_seed(0)
+    b = load_policy(result["policy"], task=1 - policy.task_index)(obs)
+    assert a.shape == (3, 5, 5) and not np.allclose(a, b)  # the task changes the action
+    with pytest.raises(DataError, match="unknown task 'fly'"):
+        load_policy(result["policy"], task="fly")
