@@ -48,6 +48,8 @@ def resolve(cfg: EvalCommandConfig) -> tuple[Path, str, dict[str, Any]]:
     folder = Path(cfg.policy) if cfg.policy else Path(cfg.run) / "policy"
     env_id, kwargs = cfg.env, {}
     if cfg.run is not None:
+        if not Path(cfg.run).is_dir():
+            raise DataError(f"{cfg.run}: run directory not found")
         if not folder.is_dir():
             raise DataError(f"{cfg.run}: no policy/ folder (the run has not finished)")
         run_cfg = runs.read_config(Path(cfg.run))
