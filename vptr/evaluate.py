@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vptr.config import helpfield
 from vptr.errors import ConfigError, DataError
@@ -41,12 +40,12 @@ class EvalCommandConfig:
             raise ConfigError("episodes must be > 0, workers and videos >= 0")
 
 
-def resolve(cfg: EvalCommandConfig) -> tuple[Path, str, dict[str, Any]]:
-    """(policy folder, env id, env kwargs the policy was trained for)."""
+def resolve(cfg: EvalCommandConfig) -> tuple[Path, str]:
+    """(policy folder, environment id: --env, else the run's eval_env)."""
     from vptr import runs
 
     folder = Path(cfg.policy) if cfg.policy else Path(cfg.run) / "policy"
-    env_id, kwargs = cfg.env, {}
+    env_id = cfg.env
     if cfg.run is not None:
         if not Path(cfg.run).is_dir():
             raise DataError(f"{cfg.run}: run directory not found")
@@ -56,17 +55,17 @@ def resolve(cfg: EvalCommandConfig) -> tuple[Path, str, dict[str, Any]]:
         env_id = env_id or run_cfg.get("eval_env", "")
     if not env_id:
         raise ConfigError("--env: which environment to evaluate in (the run names none)")
-    return folder, env_id, kwargs
+    return folder, env_id
 
 
 def run(cfg: EvalCommandConfig) -> int:
     from sim.evaluate import evaluate
     from vptr.finetune.policy import load_policy
 
-    folder, env_id, _ = resolve(cfg)
+    folder, env_id = resolve(cfg)
     task: int | str = cfg.task if cfg.task and not cfg.task.isdigit() else int(cfg.task or 0)
     policy = load_policy(folder, device=cfg.device, task=task)
-    kw = policy.env_kwargs()
+    kw = policy.env_kwargs(videos=cfg.videos > 0)
     if cfg.domain_shift >= 0:
         kw["domain_shift"] = cfg.domain_shift
     out = Path(cfg.out) if cfg.out else folder.parent / "eval" / env_id.replace("/", "_")

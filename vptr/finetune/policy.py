@@ -101,15 +101,18 @@ class LoadedPolicy:
             obs[key] = {"shape": [s, s, 3], "dtype": "uint8"}
         return {"observation": obs, "action": {"shape": [self.data_spec.action_dim]}}
 
-    def env_kwargs(self) -> dict[str, Any]:
+    def env_kwargs(self, videos: bool = False) -> dict[str, Any]:
         """Options of a ``sim`` environment whose observations match this policy (cameras
-        and image size it was trained on; the environment state when it reads one)."""
+        and image size it was trained on; the environment state when it reads one).
+        ``videos``: a state-only policy's environment still renders frames for the mp4s."""
         kw: dict[str, Any] = {}
         cams = [key.removeprefix("pixels.") for key in self.camera_keys.values()]
         if cams:
             kw.update(cameras=tuple(cams), image_size=self.data_spec.image_size)
         else:
             kw["render_images"] = False
+            if videos:
+                kw["render_mode"] = "rgb_array"
         if "environment_state" in self.state_keys:
             kw["environment_state"] = True
         return kw

@@ -372,7 +372,7 @@ def evaluate_now(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset, s: core
         was_training = nets.training
         policy = acting_policy(cfg, nets, ds, step)
         result = evaluate(policy, cfg.eval_env, episodes=cfg.eval_episodes,
-                          seed=cfg.eval_seed, env_kwargs=policy.env_kwargs(),
+                          seed=cfg.eval_seed, env_kwargs=policy.env_kwargs(videos > 0),
                           num_workers=cfg.eval_workers,
                           video_dir=run_dir / "eval" / "videos" if videos else None,
                           videos=videos, report_path=run_dir / "eval" / f"step_{step:07d}.json",

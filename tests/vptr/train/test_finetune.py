@@ -256,8 +256,10 @@ def test_multi_task_policy_is_conditioned_by_task_string(tmp_path):
                                              episodes_per_task=2, image_size=SIZE,
                                              data_dir=tmp_path / "data"), log=lambda m: None)
     cfg = config(data, tmp_path, agent="flowbc", steps=2, checkpoint_every=2, log_every=1,
+                 eval_env="vptr/Reach-v0", eval_episodes=1, videos=1,
                  **{"source.images": False})
     result = train(cfg)
+    assert result["eval"]["videos"]  # a state-only policy is still filmed (rendered frames)
     doc = json.loads((tmp_path / "runs" / "r" / "policy" / "policy.json").read_text())
     assert len(doc["tasks"]) == 2 and doc["spec"]["num_tasks"] == 2
     lift = next(t for t in doc["tasks"] if "cube" in t)
