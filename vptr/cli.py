@@ -101,13 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vptr", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="vptr: robot learning from video.\n"
                     "Generate robot demonstrations and action-free video in simulation,\n"
-                    "pretrain encoders and values by TD learning on video, and score them.",
+                    "pretrain encoders and values by TD learning on video, fine-tune\n"
+                    "policies by chunked offline RL and evaluate them in simulation.",
         epilog="examples:\n"
                "  vptr quickstart\n"
                "  vptr generate video --embodiment hand --domain-shift 0.5\n"
                "  vptr pretrain --data data/video/<name> --objective icvf --eval-data "
                "hand=<held-out>\n"
                "  vptr evaluate-values --run runs/pretrain/<run>\n"
+               "  vptr finetune --data data/robot/<name> --agent qc --encoder.init "
+               "runs/pretrain/<run> --eval-env vptr/Lift-v0\n"
+               "  vptr eval --run runs/finetune/<run> --episodes 50\n"
                "Every command takes --help and --config FILE.toml.")
     from vptr import __version__
 
