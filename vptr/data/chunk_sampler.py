@@ -91,16 +91,22 @@ class ChunkSampler:
 
     def _images(self, cam: str, episode: np.ndarray, t: np.ndarray,
                 rng: np.random.Generator | None) -> torch.Tensor:
-        rows = self.ds.offsets[episode][:, None] + stack_times(t, self.frame_stack)  # (B, S)
-        frames = self.ds.images(cam, rows.reshape(-1))  # (B*S, H, W, 3)
-        b, s = rows.shape
-        h, w = frames.shape[1:3]
-        chw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).reshape(b, s * 3, h, w)
+        chw = stacked_images(self.ds, cam, episode, t, self.frame_stack)
         if self.shift_pad and rng is not None:
             pad = self.shift_pad
-            chw = shift_numpy(chw, rng.integers(0, 2 * pad + 1, size=(b, 2)), pad)
+            chw = shift_numpy(chw, rng.integers(0, 2 * pad + 1, size=(len(chw), 2)), pad)
         return torch.from_numpy(chw)
 
+
+def stacked_images(ds: RobotDataset, cam: str, episode: np.ndarray, t: np.ndarray,
+                   frame_stack: int) -> np.ndarray:
+    """uint8 (B, 3*S, H, W) of ``cam`` at times ``t`` of ``episode``, frames stacked
+    oldest..newest within the episode (:func:`vptr.data.batch.stack_times`)."""
+    rows = ds.offsets[episode][:, None] + stack_times(t, frame_stack)  # (B, S)
+    frames = ds.images(cam, rows.reshape(-1))  # (B*S, H, W, 3)
+    b, s = rows.shape
+    h, w = frames.shape[1:3]
+    return np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).reshape(b, s * 3, h, w)
 
 def returns_to_go(reward: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                   terminal: np.ndarray, gamma: float) -> np.ndarray:

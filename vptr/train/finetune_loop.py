@@ -240,9 +240,7 @@ def pretrained_trunk(cfg: FinetuneConfig, spec: DataSpec) -> nn.Module:
     """The exported encoder of a pretraining run, checked against the data."""
     from vptr.nets.weights import load_encoder, read_encoder_config
 
-    folder = Path(cfg.encoder.init)
-    if (folder / runs.ENCODER).is_dir():
-        folder = folder / runs.ENCODER
+    folder = encoder_folder(cfg)
     meta = read_encoder_config(folder)
     problems = []
     if int(meta["in_channels"]) != 3 * spec.frame_stack:
@@ -257,13 +255,17 @@ def pretrained_trunk(cfg: FinetuneConfig, spec: DataSpec) -> nn.Module:
     return enc.train()
 
 
+def encoder_folder(cfg: FinetuneConfig) -> Path:
+    """``--encoder.init``: a pretraining run (its ``encoder/``) or an exported encoder."""
+    folder = Path(cfg.encoder.init)
+    return folder / runs.ENCODER if (folder / runs.ENCODER).is_dir() else folder
+
+
 def encoder_name(cfg: FinetuneConfig) -> str:
     if cfg.encoder.init:
         from vptr.nets.weights import read_encoder_config
 
-        folder = Path(cfg.encoder.init)
-        folder = folder / runs.ENCODER if (folder / runs.ENCODER).is_dir() else folder
-        return str(read_encoder_config(folder)["encoder"])
+        return str(read_encoder_config(encoder_folder(cfg))["encoder"])
     return cfg.encoder.name
 
 
@@ -313,7 +315,7 @@ def frozen_embeddings(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset,
     """Trunk features (N, F) of every dataset row's stacked observation, computed once."""
     from tqdm.auto import tqdm
 
-    from vptr.data.batch import stack_times
+    from vptr.data.chunk_sampler import stacked_images
 
     enc = encoders_of(nets)[0]
     n = len(ds.action)
@@ -323,14 +325,9 @@ def frozen_embeddings(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset,
     for lo in tqdm(range(0, n, batch), desc="embedding frames (frozen encoder)",
                    disable=not (cfg.progress and s.is_main)):
         sl = slice(lo, min(lo + batch, n))
-        rows = ds.offsets[episode[sl]][:, None] + stack_times(rows_t[sl], cfg.frame_stack)
-        imgs = {}
-        for cam in ds.cameras:
-            frames = ds.images(cam, rows.reshape(-1))
-            b, st = rows.shape
-            chw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).reshape(
-                b, st * 3, *frames.shape[1:3])
-            imgs[f"obs.{cam}"] = torch.from_numpy(chw).to(s.device)
+        imgs = {f"obs.{cam}": torch.from_numpy(stacked_images(
+            ds, cam, episode[sl], rows_t[sl], cfg.frame_stack)).to(s.device)
+            for cam in ds.cameras}
         out.append(enc.trunk_features(imgs, "obs"))
     return torch.cat(out)
 
