@@ -15,6 +15,13 @@
    latencies of a fraction of a chunk: time stalled at chunk boundaries (blocking
    inference + periods without a command) and the largest jump between consecutive
    executed actions at a chunk switch.
+3. Exported-policy inference (vptr.runtime.artifact.ArtifactPolicy, the object `vptr
+   deploy` runs; untrained weights of the default architecture: latency does not depend
+   on the values) at 64x64 and 128x128, one front camera + a 15-d state, h = 5: flow BC
+   (one sample) and QC (best-of-32 ranked by the critic), p50 / p99 over many calls at 1
+   and 2 torch threads, next to LeRobot ACT's chunk prediction (ACTPolicy with its
+   defaults: ResNet-18, chunk 100; no pretrained weights are downloaded) on the same
+   inputs, measured in the same run.
 """
 
 from __future__ import annotations
@@ -108,6 +115,78 @@ def execution(rate, h, fractions, seconds) -> list[dict]:
     return rows
 
 
+def _timed(fn, calls: int) -> tuple[float, float]:
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.percentile(ts, 50)) * 1e3, float(np.percentile(ts, 99)) * 1e3
+
+
+def exported_latency(sizes, calls, threads_list) -> list[dict]:
+    import tempfile
+
+    import torch
+
+    from sim.native.embodiments import ACTION_NAMES, Arm
+    from vptr.finetune import get_agent
+    from vptr.finetune.policy import save_policy
+    from vptr.nets.encoders import make_encoder
+    from vptr.nets.policy import DataSpec
+    from vptr.runtime.artifact import ArtifactPolicy
+
+    cam = "observation.images.front"
+    names = list(Arm.state_names)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            spec = DataSpec(action_dim=5, horizon=5, state_dim=len(names), cameras=(cam,),
+                            image_size=size)
+            obs = {"observation.state": np.zeros(len(names), np.float32),
+                   cam: np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)}
+            policies = {}
+            for agent_name in ("flowbc", "qc"):
+                agent = get_agent(agent_name)
+                cfg = agent.config_cls()
+                nets = agent.create(cfg, spec, lambda size=size: {cam: make_encoder("impala_small", 3, size)})
+                meta = {"state_features": ["observation.state"], "state_widths": [len(names)],
+                        "state_names": {"observation.state": names},
+                        "action_names": list(ACTION_NAMES), "fps": 20.0}
+                folder = save_policy(f"{tmp}/{agent_name}{size}", agent_name, cfg, nets, meta)
+                policies[f"{agent_name} (N={cfg.act_samples if agent_name == 'qc' else 1})"] = (
+                    ArtifactPolicy(folder))
+            from lerobot.configs.types import FeatureType, PolicyFeature
+            from lerobot.policies.act.configuration_act import ACTConfig
+            from lerobot.policies.act.modeling_act import ACTPolicy
+
+            act_cfg = ACTConfig(input_features={
+                "observation.state": PolicyFeature(FeatureType.STATE, (len(names),)),
+                cam: PolicyFeature(FeatureType.VISUAL, (3, size, size))},
+                output_features={"action": PolicyFeature(FeatureType.ACTION, (5,))},
+                pretrained_backbone_weights=None, device="cpu")
+            act = ACTPolicy(act_cfg).eval()
+            act_batch = {"observation.state": torch.zeros(1, len(names)),
+                         cam: torch.rand(1, 3, size, size)}
+
+            def act_chunk(act=act, act_batch=act_batch):
+                with torch.no_grad():
+                    return act.predict_action_chunk(act_batch)
+
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                act_p50, act_p99 = _timed(act_chunk, max(calls // 4, 5))
+                for name, pol in policies.items():
+                    p50, p99 = _timed(lambda pol=pol, obs=obs: pol(obs), calls)
+                    rows.append({"size": size, "threads": threads, "policy": name, "p50": p50,
+                                 "p99": p99, "act_p50": act_p50, "act_p99": act_p99})
+                rows.append({"size": size, "threads": threads, "policy": "LeRobot ACT (chunk 100)",
+                             "p50": act_p50, "p99": act_p99, "act_p50": act_p50, "act_p99": act_p99})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=6.0, help="length of each run")
@@ -115,10 +194,12 @@ def main() -> None:
     p.add_argument("--exec-rate", type=float, default=20.0, help="loop rate (Hz) of part 2")
     p.add_argument("--chunk", type=int, default=16, help="chunk size h of part 2")
     p.add_argument("--latencies", default="0.25,0.5", help="inference latency, fractions of a chunk")
+    p.add_argument("--calls", type=int, default=200, help="inference calls per policy in part 3")
+    p.add_argument("--sizes", default="64,128", help="image sizes of part 3")
     p.add_argument("--tiny", action="store_true", help="0.5 s runs, one latency (a smoke test)")
     args = p.parse_args()
     if args.tiny:
-        args.seconds, args.latencies = 0.5, "0.25"
+        args.seconds, args.latencies, args.calls, args.sizes = 0.5, "0.25", 8, "32"
     print(f"machine: {describe()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (shared machines: figures are noisy)")
     t0 = time.perf_counter()
@@ -139,6 +220,13 @@ def main() -> None:
         print(f"{r['latency']:>7.2f}h {r['mode']:>6} {r['stall_s']:>10.3f} {r['per_boundary_ms']:>16.1f} "
               f"{r['empty']:>14d} {r['seam']:>13.3f} {r['sent_step']:>18.3f} {r['inf_p50']:>17.1f} "
               f"{r['chunks']:>7d}")
+    sizes = [int(x) for x in args.sizes.split(",")]
+    print(f"\n3. exported-policy inference (ArtifactPolicy, one observation), {args.calls} calls; "
+          "ratio = ACT p99 / ours p99 (same run, same threads)")
+    print(f"{'image':>6} {'threads':>8} {'policy':>24} {'p50 ms':>8} {'p99 ms':>8} {'ACT p99 / p99':>14}")
+    for r in exported_latency(sizes, args.calls, (1,) if args.tiny else (1, 2)):
+        print(f"{r['size']:>6} {r['threads']:>8} {r['policy']:>24} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+              f"{r['act_p99'] / r['p99']:>13.1f}x")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

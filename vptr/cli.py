@@ -66,6 +66,24 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "registered environment whose observations match the policy (mismatches are "
         "listed and refused), across worker processes; writes a JSON report and mp4 videos "
         "of a few episodes."),
+    "export": Command(
+        "export a fine-tuned policy as a deployment artifact (safetensors + policy.json)",
+        "vptr.export:ExportConfig", "vptr.export:run",
+        "Verifies the run's policy/ checksums, adds provenance (git commit, config, "
+        "datasets, evaluation success) and writes --out: model.safetensors and policy.json "
+        "with observation/action specs, normalisation, chunk size, rate and sha256. "
+        "--torchscript / --onnx also export the encoder and the velocity field, each "
+        "parity-checked. The runtime (vptr deploy) loads it without training code."),
+    "deploy": Command(
+        "run an exported policy on a robot: executor, safety filter, real-time loop",
+        "vptr.deploy:DeployConfig", "vptr.deploy:run",
+        "Loads the artifact (checksums verified, no training code), checks it against the "
+        "robot (every mismatch listed; nothing moves on a mismatch) and runs episodes through "
+        "the chunk executor (chunk, receding, ensemble, async or rtc), the safety filter "
+        "(limits from the robot's spec; --no-limits must be asked for) and the fixed-rate "
+        "loop with watchdog and e-stop (SIGUSR1, Ctrl-C). Robots: sim:<task>, "
+        "lerobot:<type>, ur:<host>, mock. Prints a status line per episode and a report: "
+        "success, loop rate, jitter, inference latency, boundary stalls, interventions."),
     "evaluate-values": Command(
         "score a pretraining run's value on held-out video against baselines",
         "vptr.diagnostics.evaluate:EvaluateValuesConfig", "vptr.diagnostics.evaluate:run",

@@ -60,11 +60,11 @@ def resolve(cfg: EvalCommandConfig) -> tuple[Path, str]:
 
 def run(cfg: EvalCommandConfig) -> int:
     from sim.evaluate import evaluate
-    from vptr.finetune.policy import load_policy
+    from vptr.runtime.artifact import SimPolicy
 
     folder, env_id = resolve(cfg)
     task: int | str = cfg.task if cfg.task and not cfg.task.isdigit() else int(cfg.task or 0)
-    policy = load_policy(folder, device=cfg.device, task=task)
+    policy = SimPolicy(folder, device=cfg.device, task=task)
     kw = policy.env_kwargs(videos=cfg.videos > 0)
     if cfg.domain_shift >= 0:
         kw["domain_shift"] = cfg.domain_shift

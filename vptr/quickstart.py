@@ -9,7 +9,11 @@ Stages so far:
    score its value on the held-out sets against negative pixel L2 and untrained networks;
 3. fine-tune QC (best-of-N over a flow chunk policy) on the robot demonstrations from the
    ICVF encoder (front camera at the encoder's image size + proprioception), and
-   evaluate the policy in simulation (success rate with a Wilson 95 % interval).
+   evaluate the policy in simulation (success rate with a Wilson 95 % interval);
+4. export the policy (``vptr export``: safetensors + policy.json with checksums) and
+   deploy the artifact on the simulated arm through the runtime (``vptr deploy``:
+   artifact -> executor -> safety filter -> control loop -> robot) on the evaluation's
+   episode seeds; its success is printed next to ``vptr eval``'s.
 
 Everything is cached or resumable, so a second run is fast. The budget is 10 minutes on
 2 CPU cores for the whole pipeline.
@@ -17,6 +21,7 @@ Everything is cached or resumable, so a second run is fast. The budget is 10 min
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +119,7 @@ def finetune_stage(cfg: QuickstartConfig, robot: Path, pretrain_run: Path,
 
     fcfg = finetune_config(cfg, robot, pretrain_run, image_size)
     t = time.time()
-    print(f"\n[3/3] fine-tuning {fcfg.agent} from the ICVF encoder ({fcfg.encoder.mode}, "
+    print(f"\n[3/4] fine-tuning {fcfg.agent} from the ICVF encoder ({fcfg.encoder.mode}, "
           f"{image_size}x{image_size} front camera + state, {fcfg.steps} steps) on {robot}")
     result = finetune(fcfg)
     ev = result["eval"]
@@ -125,6 +130,37 @@ def finetune_stage(cfg: QuickstartConfig, robot: Path, pretrain_run: Path,
           f"{ev['length_mean']:.0f} steps; videos in {result['run_dir']}/eval/videos")
     print(f"  evaluate again: ./run vptr eval --run {result['run_dir']} --episodes 50")
     return result
+
+
+def deploy_stage(cfg: QuickstartConfig, result: dict) -> dict:
+    """Export the fine-tuned policy and run it through the deployment stack on the sim arm
+    (simulated time: the loop is paced by the simulation, not the wall clock) on the
+    evaluation's episode seeds, so both see the same initial states."""
+    from vptr.deploy import DeployConfig, deploy
+    from vptr.export import ExportConfig, export
+
+    run_dir = Path(result["run_dir"])
+    out = run_dir.parent.parent / "export" / run_dir.name
+    t = time.time()
+    print(f"\n[4/4] export -> {out}; deploy on sim:lift ({cfg.policy_episodes} episodes, chunk "
+          "executor, safety limits on)")
+    export(ExportConfig(run=run_dir, out=out, overwrite=True))
+    with open(os.devnull, "w") as quiet:
+        rep = deploy(DeployConfig(policy=out, robot="sim:lift", episodes=cfg.policy_episodes,
+                                  seed=int(result["eval"]["seed"]), realtime=False,
+                                  executor="chunk"), out=quiet)
+    ev = result["eval"]
+    lo, hi = rep["success_ci95"]
+    elo, ehi = ev["success_ci95"]
+    agree = max(lo, elo) <= min(hi, ehi)
+    print(f"deployed in {time.time() - t:.0f}s: success {100 * rep['success_rate']:.0f}% "
+          f"(95% CI {100 * lo:.0f}-{100 * hi:.0f}) vs vptr eval {100 * ev['success_rate']:.0f}% "
+          f"(95% CI {100 * elo:.0f}-{100 * ehi:.0f}): intervals "
+          f"{'overlap' if agree else 'DO NOT overlap'}; inference p50/p99 "
+          f"{rep['inference_ms']['p50']}/{rep['inference_ms']['p99']} ms; safety interventions "
+          f"{rep['interventions'] or 'none'}")
+    print(f"  on the wall clock: ./run vptr deploy --policy {out} --robot sim:lift --episodes 5")
+    return rep
 
 
 def run(cfg: QuickstartConfig) -> int:
@@ -141,7 +177,7 @@ def run(cfg: QuickstartConfig) -> int:
         stats = record["stats"]
         count = stats.get("episodes", stats.get("videos"))
         rows.append((name, count, stats["frames"], f"{time.time() - t:.1f}s", str(out)))
-    print("\n[1/3] data")
+    print("\n[1/4] data")
     print(f"{'set':<10} {'episodes':>8} {'frames':>7} {'time':>7}  path")
     for name, count, frames, took, path in rows:
         print(f"{name:<10} {count:>8} {frames:>7} {took:>7}  {path}")
@@ -151,14 +187,15 @@ def run(cfg: QuickstartConfig) -> int:
 
         pcfg = pretrain_config(cfg, paths)
         t = time.time()
-        print(f"\n[2/3] pretraining {pcfg.objective} ({pcfg.encoder}, "
+        print(f"\n[2/4] pretraining {pcfg.objective} ({pcfg.encoder}, "
               f"{pcfg.source.image_size}x{pcfg.source.image_size}, {pcfg.steps} steps) on {paths['video']}")
         result = train(pcfg)
         print(f"pretrained in {time.time() - t:.0f}s -> {result['run_dir']}")
         held_out = cfg.eval_episodes * len(cfgs["eval_hand"].tasks)  # all of them
         evaluate_run(EvaluateValuesConfig(run=Path(result["run_dir"]), episodes=held_out,
                                           untrained_seeds=3))
-        finetune_stage(cfg, paths["robot"], Path(result["run_dir"]),
-                       int(pcfg.source.image_size))
+        ft = finetune_stage(cfg, paths["robot"], Path(result["run_dir"]),
+                            int(pcfg.source.image_size))
+        deploy_stage(cfg, ft)
     print(f"\nquickstart finished in {time.time() - start:.1f}s")
     return 0

@@ -22,10 +22,14 @@ def test_quickstart_tiny(tmp_path):
         assert f"\n{name} " in out
     assert "Spearman(V, t)" in out and "quickstart finished" in out
     assert "policy on vptr/Lift-v0: success" in out
-    runs = [p for p in (tmp_path / "runs").iterdir() if p.name != "finetune"]
+    assert "deployed in" in out and "vs vptr eval" in out
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.name not in ("finetune", "export")]
     assert len(runs) == 1
     (ft,) = (tmp_path / "runs" / "finetune").iterdir()
     assert (ft / "policy" / "policy.json").exists() and list((ft / "eval").glob("*.json"))
+    (art,) = (tmp_path / "runs" / "export").iterdir()
+    doc = json.loads((art / "policy.json").read_text())
+    assert doc["provenance"]["eval"]["episodes"] == 2 and doc["integrity"]["weights_sha256"]
     report = json.loads((runs[0] / "values" / "eval.json").read_text())
     assert set(report["sets"]) == {"hand", "arm"}
     # a second run reuses the data and the finished pretraining run

@@ -5,7 +5,9 @@ Each agent module provides a typed config (a subclass of
 ``create(cfg, spec, trunks) -> nets``, ``target_of(nets)`` (the sub-network with a Polyak
 copy, or None), a pure ``loss_fn(nets, target, batch, cfg) -> (loss, metrics)`` (metrics
 prefixed ``critic/``, ``actor/``, ``value/``; ``loss`` is the total) and
-``act(nets, batch, cfg) -> chunks`` (B, h, Da) in normalised action units.
+``act(nets, batch, cfg) -> chunks`` (B, h, Da) in normalised action units, and
+``ranker(nets) -> (encoder, ensemble) | None`` (the critic whose ensemble ranks best-of-N
+candidates on ``[z, chunk]`` when acting; the exported artifact holds it).
 
 :data:`AGENTS` is the one list: the ``--agent`` choices of ``vptr finetune`` and its
 per-agent option sections (``--qc.target-samples ...``) come from it. The training loop
@@ -31,11 +33,12 @@ class Agent:
     loss_fn: Callable[..., Any]
     act: Callable[..., Any]
     target_of: Callable[[Any], Any]
+    ranker: Callable[[Any], Any]
 
 
 def _agent(name: str, summary: str, module: Any, config_cls: type) -> Agent:
     return Agent(name, summary, config_cls, module.create, module.loss_fn, module.act,
-                 module.target_of)
+                 module.target_of, module.ranker)
 
 
 AGENTS: dict[str, Agent] = {a.name: a for a in (

@@ -141,6 +141,11 @@ def loss_fn(nets: CORFTNets, target: PrefixCritic, batch: dict[str, torch.Tensor
 
 
 @torch.no_grad()
+def ranker(nets: CORFTNets) -> None:
+    """One (critic-trained) policy sample: nothing ranks."""
+    return None
+
+
 def act(nets: CORFTNets, batch: dict[str, torch.Tensor], cfg: CORFTConfig,
         samples: int | None = None) -> torch.Tensor:
     """One policy sample (B, h, Da), normalised units."""

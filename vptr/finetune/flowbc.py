@@ -37,6 +37,11 @@ def loss_fn(nets: FlowBCNets, target, batch: dict[str, torch.Tensor], cfg: FlowB
 
 
 @torch.no_grad()
+def ranker(nets: FlowBCNets) -> None:
+    """One plain sample: nothing ranks."""
+    return None
+
+
 def act(nets: FlowBCNets, batch: dict[str, torch.Tensor], cfg: FlowBCConfig,
         samples: int | None = None) -> torch.Tensor:
     """One flow sample per observation (B, h, Da), normalised units."""

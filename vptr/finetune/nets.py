@@ -1,156 +1,34 @@
-"""Networks shared by the fine-tuning agents: observation encoder, flow chunk policy,
-ensemble critics, value network, and the flow-matching loss / Euler sampler.
-
-Conventions (spec: finetuning.md):
-
-* an *observation* is encoded once into ``z`` (:class:`ObsEncoder`: one image trunk per
-  camera -> Dense -> LayerNorm -> tanh, V-PTR's head; the normalised state; a learned task
-  embedding) and ``z`` is broadcast to the N best-of-N samples (``einops.repeat``), never
-  re-encoded per sample;
-* an action chunk ``A`` is (B, h, Da) in normalised units ([-1, 1] per dimension), fed to
-  the networks flattened ``b (h a)``;
-* critics are ensembles of K LayerNorm MLPs evaluated in one batched matmul per layer
-  (:class:`EnsembleMLP`), output (K, B) or (K, B, O).
+"""Losses and training-only networks of the fine-tuning agents; the networks they act
+with live in :mod:`vptr.nets.policy` (shared with the deployment runtime) and are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 
-from vptr.errors import ConfigError
-from vptr.nets.mlp import make_mlp
+from vptr.nets.policy import (
+    DataSpec,
+    EnsembleLinear,
+    EnsembleMLP,
+    FlowPolicy,
+    Normalizer,
+    ObsEncoder,
+    PolicyNet,
+    QNet,
+    act_best_of_n,
+    best_of_n,
+    euler_sample,
+    sample_candidates,
+)
 
-# ----------------------------------------------------------------------------- data spec
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What the networks are built for (from the dataset; stored with the run)."""
-
-    action_dim: int
-    horizon: int  # chunk length the policy outputs (h)
-    state_dim: int = 0
-    cameras: tuple[str, ...] = ()
-    image_size: int = 0
-    frame_stack: int = 1
-    num_tasks: int = 1
-
-
-class Normalizer(nn.Module):
-    """Per-feature affine normalisation with statistics stored as buffers (so they travel
-    in checkpoints and the exported artifact).
-
-    States: ``(x - mean) / std``. Actions: min/max to [-1, 1] (the flow policy samples in a
-    bounded box); a constant dimension maps to 0 and back to its constant.
-    """
-
-    def __init__(self, dim: int, mode: str):
-        super().__init__()
-        if mode not in ("meanstd", "minmax"):
-            raise ConfigError(f"normalisation mode must be meanstd or minmax, got {mode!r}")
-        self.mode = mode
-        self.register_buffer("shift", torch.zeros(dim))
-        self.register_buffer("scale", torch.ones(dim))
-
-    @torch.no_grad()
-    def fit(self, stats: dict[str, Sequence[float]]) -> Normalizer:
-        if self.mode == "meanstd":
-            shift = torch.tensor(stats["mean"], dtype=torch.float32)
-            scale = torch.tensor(stats["std"], dtype=torch.float32)
-        else:
-            lo = torch.tensor(stats["min"], dtype=torch.float32)
-            hi = torch.tensor(stats["max"], dtype=torch.float32)
-            shift, scale = (hi + lo) / 2, (hi - lo) / 2
-        self.shift.copy_(shift)
-        self.scale.copy_(torch.where(scale > 1e-6, scale, torch.ones_like(scale)))
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.shift) / self.scale
-
-    def inverse(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
-# ----------------------------------------------------------------------------- encoder
-
-
-class ObsEncoder(nn.Module):
-    """``z = [tanh(LN(W · trunk(images))), normalised state, task embedding]``.
-
-    ``trunks`` maps camera -> image encoder (or is empty for state-only agents). When the
-    batch carries precomputed trunk features ``<prefix>_emb`` (frozen encoder, embeddings
-    cached once), the trunks are skipped and only the head runs.
-    """
-
-    def __init__(self, spec: DataSpec, trunks: dict[str, nn.Module] | None, feature_dim: int,
-                 task_dim: int = 16, trunk_dim: int = 0):
-        super().__init__()
-        self.cameras = tuple(spec.cameras)
-        self.trunks = nn.ModuleDict({_safe(c): t for c, t in (trunks or {}).items()})
-        self.state_norm = Normalizer(spec.state_dim, "meanstd") if spec.state_dim else None
-        if self.cameras:
-            width = trunk_dim or sum(int(t.out_dim) for t in self.trunks.values())
-            self.head = nn.Sequential(nn.Linear(width, feature_dim), nn.LayerNorm(feature_dim),
-                                      nn.Tanh())
-        else:
-            self.head = None
-        self.task = nn.Embedding(spec.num_tasks, task_dim) if spec.num_tasks > 1 else None
-        self.out_dim = ((feature_dim if self.cameras else 0) + spec.state_dim
-                        + (task_dim if self.task is not None else 0))
-        if self.out_dim == 0:
-            raise ConfigError("the policy sees nothing: no camera, no state and one task")
-
-    def trunk_features(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
-        return torch.cat([self.trunks[_safe(c)](batch[f"{prefix}.{c}"]) for c in self.cameras],
-                         dim=-1)
-
-    def forward(self, batch: dict[str, torch.Tensor], prefix: str = "obs") -> torch.Tensor:
-        parts = []
-        if self.head is not None:
-            emb = batch.get(f"{prefix}_emb")
-            parts.append(self.head(emb if emb is not None else
-                                   self.trunk_features(batch, prefix)))
-        if self.state_norm is not None:
-            parts.append(self.state_norm(batch["state" if prefix == "obs" else "next_state"]))
-        if self.task is not None:
-            parts.append(self.task(batch["task_index"]))
-        return torch.cat(parts, dim=-1)
-
-
-def _safe(name: str) -> str:
-    """ModuleDict keys may not contain dots (camera keys like observation.images.front)."""
-    return name.replace(".", "__")
-
-
-# ----------------------------------------------------------------------------- flow policy
-
-
-class FlowPolicy(nn.Module):
-    """Velocity field ``v(z, x_u, u)`` of a flow-matching chunk policy (spec: QC, item 1).
-
-    ``x`` is the flattened chunk ``b (h a)``; sampling integrates ``dx/du = v`` from
-    ``x_0 ~ N(0, I)`` at u = 0 to u = 1 with Euler steps.
-    """
-
-    def __init__(self, obs_dim: int, horizon: int, action_dim: int, hidden: Sequence[int],
-                 layer_norm: bool = True):
-        super().__init__()
-        self.horizon, self.action_dim = int(horizon), int(action_dim)
-        self.chunk_dim = self.horizon * self.action_dim
-        self.net = make_mlp(obs_dim + self.chunk_dim + 1, (*hidden, self.chunk_dim),
-                            activation="gelu", layer_norm=layer_norm)
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([z, x, u.reshape(-1, 1).to(x.dtype)], dim=-1))
+__all__ = ["DataSpec", "EnsembleLinear", "EnsembleMLP", "FlowPolicy", "Normalizer", "ObsEncoder",
+           "PolicyNet", "QNet", "VNet", "act_best_of_n", "best_of_n", "euler_sample",
+           "expectile_loss", "flow_matching_loss", "masked_mean", "sample_candidates"]
 
 
 def flow_matching_loss(policy: FlowPolicy, z: torch.Tensor, actions: torch.Tensor,
@@ -176,88 +54,6 @@ def flow_matching_loss(policy: FlowPolicy, z: torch.Tensor, actions: torch.Tenso
     return per_sample.mean()
 
 
-def euler_sample(policy: FlowPolicy, z: torch.Tensor, steps: int,
-                 noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Chunks (B, h, Da) in [-1, 1] from the flow policy by ``steps`` Euler steps.
-
-    Differentiable (the caller decides: ``torch.no_grad()`` for acting and targets)."""
-    if steps < 1:
-        raise ConfigError(f"flow steps must be >= 1, got {steps}")
-    x = noise if noise is not None else torch.randn(z.shape[0], policy.chunk_dim,
-                                                    device=z.device, dtype=z.dtype)
-    dt = 1.0 / steps
-    for i in range(steps):
-        u = torch.full((z.shape[0],), i * dt, device=z.device, dtype=z.dtype)
-        x = x + dt * policy(z, x, u)
-    return rearrange(x.clamp(-1.0, 1.0), "b (h d) -> b h d", h=policy.horizon)
-
-
-# ----------------------------------------------------------------------------- critics
-
-
-class EnsembleLinear(nn.Module):
-    """K independent linear layers applied as one batched matmul: (K, B, I) -> (K, B, O)."""
-
-    def __init__(self, k: int, fan_in: int, fan_out: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(k, fan_in, fan_out))
-        self.bias = nn.Parameter(torch.zeros(k, 1, fan_out))
-        bound = 1.0 / math.sqrt(fan_in)  # torch's nn.Linear default, per member
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor, fixed: bool = False) -> torch.Tensor:
-        if fixed:  # weights as constants: gradients reach x only
-            return torch.baddbmm(self.bias.detach(), x, self.weight.detach())
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class EnsembleMLP(nn.Module):
-    """K LayerNorm MLPs (Linear -> GELU -> LayerNorm per hidden layer, as the QC/FQL
-    critics) in parallel. Input (B, I) is shared by every member, or (K, B, I)."""
-
-    def __init__(self, k: int, fan_in: int, hidden: Sequence[int], out: int = 1):
-        super().__init__()
-        self.k = int(k)
-        dims = [fan_in, *hidden]
-        self.layers = nn.ModuleList(EnsembleLinear(k, a, b) for a, b in itertools.pairwise(dims))
-        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in hidden)  # shared affine: cheap
-        self.out = EnsembleLinear(k, dims[-1], out)
-        self.out_dim = int(out)
-
-    def forward(self, x: torch.Tensor, fixed: bool = False) -> torch.Tensor:
-        """``fixed=True`` treats the weights as constants (a policy loss through Q)."""
-        if x.ndim == 2:
-            x = x.unsqueeze(0).expand(self.k, -1, -1)
-        for layer, norm in zip(self.layers, self.norms):
-            x = F.gelu(layer(x, fixed))
-            x = (F.layer_norm(x, norm.normalized_shape, norm.weight.detach(),
-                              norm.bias.detach(), norm.eps) if fixed else norm(x))
-        y = self.out(x, fixed)
-        return y.squeeze(-1) if self.out_dim == 1 else y
-
-
-class QNet(nn.Module):
-    """``Q_k(s, A)`` for k = 1..K: an observation encoder and a critic ensemble over
-    ``[z, A flattened]``. Output (K, B) (or (K, B, O) for sequence critics)."""
-
-    def __init__(self, encoder: ObsEncoder, horizon: int, action_dim: int, heads: int,
-                 hidden: Sequence[int], out: int = 1, extra_in: int = 0):
-        super().__init__()
-        self.encoder = encoder
-        self.horizon = int(horizon)
-        self.heads = EnsembleMLP(heads, encoder.out_dim + horizon * action_dim + extra_in,
-                                 hidden, out)
-
-    def score(self, z: torch.Tensor, actions: torch.Tensor,
-              extra: torch.Tensor | None = None) -> torch.Tensor:
-        """Q of chunks (B, h, Da) at encoded observations z (B, F)."""
-        parts = [z, rearrange(actions, "b h d -> b (h d)")]
-        if extra is not None:
-            parts.append(extra)
-        return self.heads(torch.cat(parts, dim=-1))
-
-
 class VNet(nn.Module):
     """``V(s)``: encoder + one LayerNorm MLP (a 1-member ensemble), output (B,)."""
 
@@ -268,45 +64,6 @@ class VNet(nn.Module):
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(z)[0]
-
-
-class PolicyNet(nn.Module):
-    """The behaviour (flow) policy with its own observation encoder."""
-
-    def __init__(self, encoder: ObsEncoder, flow: FlowPolicy):
-        super().__init__()
-        self.encoder = encoder
-        self.flow = flow
-
-
-# ----------------------------------------------------------------------------- best-of-N
-
-
-def sample_candidates(policy: PolicyNet, z: torch.Tensor, n: int, steps: int) -> torch.Tensor:
-    """N chunks per observation: z (B, F) -> (B, N, h, Da); z is broadcast, not re-encoded."""
-    zz = repeat(z, "b f -> (b n) f", n=n)
-    chunks = euler_sample(policy.flow, zz, steps)
-    return rearrange(chunks, "(b n) h d -> b n h d", n=n)
-
-
-def best_of_n(q: QNet, zq: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """``argmax_i mean_k Q_k(s, A^i)``: candidates (B, N, h, Da) -> (B, h, Da)."""
-    b, n = candidates.shape[:2]
-    if n == 1:
-        return candidates[:, 0]
-    flat = rearrange(candidates, "b n h d -> (b n) h d")
-    scores = q.score(repeat(zq, "b f -> (b n) f", n=n), flat).mean(0)  # (B*N,)
-    best = rearrange(scores, "(b n) -> b n", n=n).argmax(dim=1)
-    return candidates[torch.arange(b, device=candidates.device), best]
-
-
-def act_best_of_n(policy: PolicyNet, critic: nn.Module, batch: dict[str, torch.Tensor],
-                  n: int, steps: int) -> torch.Tensor:
-    """Acting: the best of ``n`` policy samples under ``critic`` (which has ``encoder`` and
-    ``score``); ``n = 1`` is the plain sample and runs no critic. Each network encodes the
-    observation once."""
-    cands = sample_candidates(policy, policy.encoder(batch, "obs"), n, steps)
-    return cands[:, 0] if n == 1 else best_of_n(critic, critic.encoder(batch, "obs"), cands)
 
 
 def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:

@@ -1,201 +1,108 @@
-"""A fine-tuned policy outside training: the policy folder, its loader, and the acting
-wrapper the simulation harness (``sim.evaluate``) calls.
+"""From a fine-tuning agent to the policy artifact (:mod:`vptr.runtime.artifact`).
 
-Policy folder (``<run>/policy/``)::
-
-    model.safetensors   the agent's networks (normalisation statistics included, as buffers)
-    policy.json         agent + its config, the data spec, which dataset features feed the
-                        policy and the environment observation keys they come from, image
-                        size, frame stack, chunk size, control rate, task strings, provenance
-
-No pickle anywhere: the networks are rebuilt from ``policy.json`` and the weights loaded
-from safetensors. This module imports no training code.
+``<run>/policy/`` is the artifact itself (safetensors + ``policy.json`` with checksums):
+:func:`save_policy` takes the agent's acting part (:func:`actor_of`: the flow policy
+with its encoder and, for best-of-N agents, the ranking critic) and describes the
+observation and action specs from the dataset. Loading goes through the runtime loader,
+which imports no training code; :func:`load_policy` is a shortcut to its simulation
+wrapper.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from vptr.errors import DataError
-from vptr.files import atomic_write_text, read_json_object
 from vptr.finetune import get_agent
-from vptr.finetune.nets import DataSpec
-from vptr.nets.weights import WEIGHTS_FILE, load_modules, save_weights
+from vptr.nets.policy import ActorConfig, ChunkActor
+from vptr.runtime.artifact import SimPolicy, env_key, write_artifact
 
-POLICY_FORMAT = "vptr-policy-v1"
-POLICY_FILE = "policy.json"
-
-
-def env_key(feature: str) -> str:
-    """The environment observation key a dataset feature is recorded from:
-    ``observation.state`` -> ``state``, ``observation.images.front`` -> ``pixels.front``
-    (the layout of ``sim.evaluate.flatten_observation``)."""
-    key = feature.removeprefix("observation.")
-    return "pixels." + key.removeprefix("images.") if key.startswith("images.") else key
+__all__ = ["actor_of", "artifact_document", "env_key", "load_policy", "save_policy",
+           "sim_policy"]
 
 
-def make_trunks(encoder: str, spec: DataSpec, channels_last: bool = True):
-    """A factory of fresh, untrained image trunks, one per camera."""
-    from vptr.nets.encoders import make_encoder
+def actor_of(agent_name: str, agent_cfg: Any, nets: torch.nn.Module, encoder: str,
+             channels_last: bool = True) -> ChunkActor:
+    """A :class:`ChunkActor` holding copies of the agent's acting weights (its ``act``
+    gives the same chunks as the agent's, for the same random draws)."""
+    agent = get_agent(agent_name)
+    rank = agent.ranker(nets)
+    samples = int(agent_cfg.act_samples) if rank is not None else 1
+    cfg = ActorConfig(chunk=agent_cfg.chunk, hidden=agent_cfg.hidden, encoder=encoder,
+                      channels_last=channels_last, feature_dim=agent_cfg.feature_dim,
+                      task_dim=agent_cfg.task_dim, flow_steps=agent_cfg.flow_steps,
+                      act_samples=samples,
+                      ranker_heads=int(agent_cfg.critic_heads) if samples > 1 else 0,
+                      ranker_hidden=tuple(agent_cfg.hidden) if samples > 1 else ())
+    actor = ChunkActor(nets.spec, cfg).to(next(nets.parameters()).device)
+    actor.action_norm.load_state_dict(nets.action_norm.state_dict())
+    actor.policy.load_state_dict(nets.policy.state_dict())
+    if actor.ranker is not None:
+        enc, heads = rank
+        actor.ranker.encoder.load_state_dict(enc.state_dict())
+        actor.ranker.heads.load_state_dict(heads.state_dict())
+    return actor.eval()
 
-    def trunks():
-        return {c: make_encoder(encoder, 3 * spec.frame_stack, spec.image_size,
-                                channels_last=channels_last) for c in spec.cameras}
-    return trunks
+
+def action_conventions(names: list[str]) -> dict[str, Any]:
+    """Units and absolute/delta per action dimension when the actions are our sim arm's
+    (``robots.sim_arm``); unknown otherwise."""
+    from robots.sim_arm import UNITS
+    from sim.native.embodiments import ACTION_NAMES
+
+    if list(names) == list(ACTION_NAMES):
+        return {"units": list(UNITS), "kind": ["delta"] * 4 + ["absolute"],
+                "gripper": "gripper: -1 open, +1 closed (absolute closure)"}
+    return {"units": [""] * len(names), "kind": ["unknown"] * len(names), "gripper": "unknown"}
+
+
+def artifact_document(actor: ChunkActor, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``policy.json`` content from the run's metadata (``state_features`` with their
+    ``state_names``, ``action_names``, ``fps``, ``tasks``, ``provenance`` ...)."""
+    spec = actor.spec
+    names = dict(meta.get("state_names", {}))
+    state = [{"feature": f, "names": list(names.get(f) or
+                                           [f"{f}[{i}]" for i in range(int(w))]),
+              "env_key": env_key(f)}
+             for f, w in zip(meta.get("state_features", []), meta.get("state_widths", []))]
+    s = spec.image_size
+    cameras = [{"feature": c, "env_key": env_key(c), "shape": [s, s, 3], "dtype": "uint8",
+                "frame_stack": spec.frame_stack,
+                "preprocessing": f"RGB uint8 {s}x{s} as delivered by the camera (no resize); "
+                                 f"the last {spec.frame_stack} control periods' frames stacked "
+                                 "channels-first, oldest first"} for c in spec.cameras]
+    action_names = list(meta.get("action_names") or [f"action[{i}]" for i in range(spec.action_dim)])
+    lo = (actor.action_norm.shift - actor.action_norm.scale).tolist()
+    hi = (actor.action_norm.shift + actor.action_norm.scale).tolist()
+    return {"agent": meta.get("agent"),
+            "observation": {"state": state, "cameras": cameras},
+            "action": {"names": action_names, "data_min": lo, "data_max": hi,
+                       **action_conventions(action_names)},
+            "rate_hz": float(meta["fps"]) if meta.get("fps") else None,
+            "tasks": list(meta.get("tasks", [])),
+            "provenance": dict(meta.get("provenance", {}))}
 
 
 def save_policy(out: Path, agent_name: str, agent_cfg: Any, nets: torch.nn.Module,
-                meta: dict[str, Any]) -> Path:
-    """Write the policy folder (``meta``: state_features, encoder, fps, tasks, provenance)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(out / WEIGHTS_FILE, {"": nets})
-    doc = {"format": POLICY_FORMAT, "agent": agent_name,
-           "agent_config": dataclasses.asdict(agent_cfg),
-           "spec": dataclasses.asdict(nets.spec), **meta}
-    atomic_write_text(out / POLICY_FILE, json.dumps(doc, indent=2))
-    return out
+                meta: Mapping[str, Any]) -> Path:
+    """Write the artifact of the agent's current weights to ``out``."""
+    actor = actor_of(agent_name, agent_cfg, nets, meta.get("encoder", "impala_small"),
+                     bool(meta.get("channels_last", True)))
+    return write_artifact(out, actor.cpu(), artifact_document(actor, {"agent": agent_name, **meta}))
 
 
-class LoadedPolicy:
-    """``policy(obs) -> chunks`` for the simulation harness: obs is a batch over n
-    environments (``state``, ``pixels.<cam>`` ... as numpy arrays), the result (n, h, Da) in
-    the dataset's action units. Keeps each environment slot's recent frames for frame
-    stacking (``sim.evaluate``'s protocol: ``reset(slots)``, ``observe(obs)``,
-    ``obs["env_index"]``)."""
-
-    def __init__(self, agent_name: str, agent_cfg: Any, nets: torch.nn.Module,
-                 meta: dict[str, Any], device: str = "cpu", task: int | str = 0):
-        self.agent = get_agent(agent_name)
-        self.cfg, self.nets, self.meta = agent_cfg, nets.eval().to(device), meta
-        self.data_spec: DataSpec = nets.spec
-        self.device = torch.device(device)
-        self.state_keys = [env_key(f) for f in meta.get("state_features", [])]
-        self.camera_keys = {c: env_key(c) for c in self.data_spec.cameras}
-        tasks = list(meta.get("tasks", []))
-        if isinstance(task, str) and task not in tasks:
-            raise DataError(f"policy: unknown task {task!r} (tasks: {tasks})")
-        self.task_index = tasks.index(task) if isinstance(task, str) else int(task)
-        if not 0 <= self.task_index < max(self.data_spec.num_tasks, 1):
-            raise DataError(f"policy: task index {self.task_index} out of range "
-                            f"(0..{self.data_spec.num_tasks - 1})")
-        self.frames: dict[int, dict[str, list[np.ndarray]]] = {}  # slot -> key -> frames
-        self._observing = False
-        self.chunk = int(agent_cfg.chunk)
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        """What the policy needs from an environment (``sim.evaluate.check_compatible``)."""
-        obs: dict[str, Any] = {}
-        widths = self.meta.get("state_widths", [])
-        for key, width in zip(self.state_keys, widths):
-            obs[key] = {"shape": [int(width)], "dtype": "float32"}
-        s = self.data_spec.image_size
-        for key in self.camera_keys.values():
-            obs[key] = {"shape": [s, s, 3], "dtype": "uint8"}
-        return {"observation": obs, "action": {"shape": [self.data_spec.action_dim]}}
-
-    def env_kwargs(self, videos: bool = False) -> dict[str, Any]:
-        """Options of a ``sim`` environment whose observations match this policy (cameras
-        and image size it was trained on; the environment state when it reads one).
-        ``videos``: a state-only policy's environment still renders frames for the mp4s."""
-        kw: dict[str, Any] = {}
-        cams = [key.removeprefix("pixels.") for key in self.camera_keys.values()]
-        if cams:
-            kw.update(cameras=tuple(cams), image_size=self.data_spec.image_size)
-        else:
-            kw["render_images"] = False
-            if videos:
-                kw["render_mode"] = "rgb_array"
-        if "environment_state" in self.state_keys:
-            kw["environment_state"] = True
-        return kw
-
-    def reset(self, indices: np.ndarray | None = None) -> None:
-        """Forget the frames of the environment slots ``indices`` (all when None): their
-        next stack starts from the new episode's first frame."""
-        if indices is None:
-            self.frames.clear()
-        for slot in () if indices is None else np.asarray(indices).tolist():
-            self.frames.pop(int(slot), None)
-
-    def observe(self, obs: dict[str, np.ndarray]) -> None:
-        """Record every step's frames (the harness calls this between queries, so the
-        stack holds consecutive frames, as in training)."""
-        self._observing = True
-        self._push(obs)
-
-    def _push(self, obs: dict[str, np.ndarray]) -> None:
-        s = self.data_spec.frame_stack
-        for row, slot in enumerate(self._slots(obs).tolist()):
-            per_cam = self.frames.setdefault(int(slot), {})
-            for key in self.camera_keys.values():
-                hist = per_cam.setdefault(key, [])
-                hist.append(np.asarray(obs[key][row]).transpose(2, 0, 1))
-                del hist[:-s]
-
-    @staticmethod
-    def _slots(obs: dict[str, np.ndarray]) -> np.ndarray:
-        if "env_index" in obs:
-            return np.asarray(obs["env_index"])
-        first = next(iter(obs.values()))
-        return np.arange(len(first))
-
-    def _stacked(self, key: str, slots: np.ndarray) -> np.ndarray:
-        """(n, 3*S, H, W) uint8, oldest first; an episode's first frame repeats before it
-        (the training sampler's :func:`vptr.data.batch.stack_times`)."""
-        s = self.data_spec.frame_stack
-        out = []
-        for slot in slots.tolist():
-            hist = self.frames[int(slot)][key]
-            out.append(np.concatenate([hist[0]] * (s - len(hist)) + hist, axis=0))
-        return np.stack(out)
-
-    @torch.no_grad()
-    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        batch: dict[str, torch.Tensor] = {}
-        n = None
-        if self.state_keys:
-            state = np.concatenate([np.asarray(obs[k], np.float32).reshape(len(obs[k]), -1)
-                                    for k in self.state_keys], axis=1)
-            batch["state"] = torch.from_numpy(state).to(self.device)
-            n = len(state)
-        if self.camera_keys and not self._observing:
-            self._push(obs)  # driven without observe(): each query is the next step
-        slots = self._slots(obs)
-        for cam, key in self.camera_keys.items():
-            stacked = self._stacked(key, slots)
-            batch[f"obs.{cam}"] = torch.from_numpy(stacked).to(self.device)
-            n = len(stacked)
-        batch["task_index"] = torch.full((n,), self.task_index, dtype=torch.int64,
-                                         device=self.device)
-        chunks = self.agent.act(self.nets, batch, self.cfg)
-        return self.nets.action_norm.inverse(chunks).cpu().numpy().astype(np.float32)
+def sim_policy(agent_name: str, agent_cfg: Any, nets: torch.nn.Module,
+               meta: Mapping[str, Any]) -> SimPolicy:
+    """The simulation wrapper around the agent's current weights (no files written)."""
+    actor = actor_of(agent_name, agent_cfg, nets, meta.get("encoder", "impala_small"),
+                     bool(meta.get("channels_last", True)))
+    doc = artifact_document(actor, {"agent": agent_name, **meta})
+    return SimPolicy(loaded=(doc, actor), device=str(next(actor.parameters()).device))
 
 
-def load_policy(folder: str | Path, device: str = "cpu", task: int | str = 0) -> LoadedPolicy:
-    """The policy saved by :func:`save_policy` (rebuilt from its JSON, weights checked)."""
-    folder = Path(folder)
-    doc = read_json_object(folder, POLICY_FILE, "a policy folder")
-    if doc.get("format") != POLICY_FORMAT:
-        raise DataError(f"{folder / POLICY_FILE}: not a {POLICY_FORMAT} file "
-                        f"(format {doc.get('format')!r})")
-    try:
-        agent = get_agent(doc["agent"])
-        cfg = agent.config_cls(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in doc["agent_config"].items()})
-        spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in doc["spec"].items()})
-    except (KeyError, TypeError) as e:
-        raise DataError(f"{folder / POLICY_FILE}: incomplete or invalid policy description "
-                        f"({e})") from None
-    nets = agent.create(cfg, spec, make_trunks(doc.get("encoder", "impala_small"), spec,
-                                               bool(doc.get("channels_last", True))))
-    load_modules(folder / WEIGHTS_FILE, {"": nets})
-    return LoadedPolicy(doc["agent"], cfg, nets, doc, device, task)
+def load_policy(folder: str | Path, device: str = "cpu", task: int | str = 0) -> SimPolicy:
+    """The artifact at ``folder`` for the simulation harness (checksums verified)."""
+    return SimPolicy(folder, device=device, task=task)

@@ -100,6 +100,11 @@ def loss_fn(nets: QCNets, target_q: QNet, batch: dict[str, torch.Tensor], cfg: Q
 
 
 @torch.no_grad()
+def ranker(nets: QCNets):
+    """Best-of-N ranks candidates under Q (its encoder and ensemble)."""
+    return nets.q.encoder, nets.q.heads
+
+
 def act(nets: QCNets, batch: dict[str, torch.Tensor], cfg: QCConfig,
         samples: int | None = None) -> torch.Tensor:
     """Best-of-N chunks (B, h, Da), normalised units."""

@@ -124,6 +124,9 @@ class Executor:
         self._last: np.ndarray | None = None
         self._last_id: int | None = None
         self.period_s: float | None = None
+        # policies with a frame stack see every period's observation, not only the ones
+        # that start an inference (vptr.runtime.artifact.ArtifactPolicy.observe)
+        self._observe = getattr(policy, "observe", None)
 
     # -- what the loop calls ------------------------------------------------------------
     def start(self, obs: dict[str, np.ndarray], period_s: float | None = None) -> None:
@@ -131,6 +134,8 @@ class Executor:
         started, so nothing executes meanwhile and nothing is skipped). ``period_s``: the
         loop's period (asynchronous modes use it to judge how fresh an observation is)."""
         self.period_s = period_s
+        if self._observe is not None:
+            self._observe(obs)
         t0 = time.perf_counter()
         chunk = self._check(self.policy(obs))
         self.stats.cold_start_s = time.perf_counter() - t0
@@ -139,6 +144,8 @@ class Executor:
 
     def step(self, obs: dict[str, np.ndarray] | None, elapsed: int = 1) -> np.ndarray | None:
         """The action of the current period; ``elapsed`` > 1 after missed periods."""
+        if obs is not None and self._observe is not None:
+            self._observe(obs)
         if elapsed > 1 and not self.synchronous:
             self._skip(elapsed - 1)
         action = self._next(obs)

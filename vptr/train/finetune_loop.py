@@ -37,7 +37,7 @@ from vptr.errors import ConfigError, DataError
 from vptr.files import atomic_write_text
 from vptr.finetune import AGENTS, Agent, get_agent
 from vptr.finetune.nets import DataSpec
-from vptr.finetune.policy import LoadedPolicy, save_policy
+from vptr.finetune.policy import save_policy, sim_policy
 from vptr.train import core, distributed
 
 AgentName = Literal[tuple(AGENTS)]  # type: ignore[valid-type]
@@ -346,6 +346,7 @@ def checkpointed_modules(nets: nn.Module, step_fn: core.TrainStep) -> dict[str, 
 
 def policy_meta(cfg: FinetuneConfig, ds: RobotDataset, step: int) -> dict[str, Any]:
     return {"state_features": list(cfg.source.state_keys), "state_widths": ds.state_widths,
+            "state_names": {k: ds.feature_names.get(k, []) for k in cfg.source.state_keys},
             "encoder": encoder_name(cfg), "channels_last": cfg.encoder.channels_last,
             "fps": ds.fps, "tasks": ds.tasks, "action_names": ds.feature_names.get(
                 cfg.source.action_key, []),
@@ -354,9 +355,8 @@ def policy_meta(cfg: FinetuneConfig, ds: RobotDataset, step: int) -> dict[str, A
 
 
 def acting_policy(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset,
-                  step: int) -> LoadedPolicy:
-    return LoadedPolicy(cfg.agent, cfg.agent_cfg, nets, policy_meta(cfg, ds, step),
-                        device=str(next(nets.parameters()).device))
+                  step: int):
+    return sim_policy(cfg.agent, cfg.agent_cfg, nets, policy_meta(cfg, ds, step))
 
 
 def evaluate_now(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset, s: core.Session,

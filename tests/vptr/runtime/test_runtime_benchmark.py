@@ -18,3 +18,4 @@ def test_control_benchmark_smoke():
     for mode in ("chunk", "async", "rtc"):
         assert f" {mode} " in r.stdout
     assert "jitter p50 ms" in r.stdout and "largest seam" in r.stdout
+    assert "LeRobot ACT" in r.stdout and "qc (N=32)" in r.stdout

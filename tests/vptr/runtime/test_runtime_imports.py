@@ -27,7 +27,8 @@ def test_no_training_imports_and_no_pickle_in_the_source():
 
 
 def test_importing_the_runtime_and_every_backend_loads_no_training_module():
-    code = ("import sys; import vptr.runtime, vptr.runtime.reference, vptr.runtime.recording, robots.mock, "
+    code = ("import sys; import vptr.runtime, vptr.runtime.artifact, vptr.runtime.reference, "
+            "vptr.runtime.recording, robots.mock, "
             "robots.sim_arm, robots.ur, robots.lerobot_adapter; "
             f"print(sorted(m for m in sys.modules if m.startswith({TRAINING!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -167,12 +167,16 @@ def test_policy_folder_round_trip_and_vptr_eval(robot_dir, tmp_path):
     report = json.loads((tmp_path / "runs" / "r" / "eval" / "vptr_Reach-v0" / "report.json")
                         .read_text())
     assert report["episodes"] == 2 and "success_ci95" in report
-    # an environment whose observations do not match is refused, naming the mismatch
-    doc_path = tmp_path / "runs" / "r" / "policy" / "policy.json"
-    doc = json.loads(doc_path.read_text())
-    doc["state_widths"] = [doc["state_widths"][0] + 1, doc["state_widths"][1] - 1]
-    doc_path.write_text(json.dumps(doc))
-    out = subprocess.run([sys.executable, "-m", "vptr", "eval", "--policy", result["policy"],
+    # an environment whose observations do not match is refused, naming the mismatch: a
+    # valid artifact that reads one more state entry and one fewer environment entry
+    from vptr.runtime.artifact import load_artifact, write_artifact
+
+    doc, actor = load_artifact(result["policy"])
+    state = doc["observation"]["state"]
+    state[0]["names"].append(state[1]["names"].pop(0))
+    other = write_artifact(tmp_path / "other", actor, {k: v for k, v in doc.items() if k in (
+        "agent", "observation", "action", "rate_hz", "tasks", "provenance")})
+    out = subprocess.run([sys.executable, "-m", "vptr", "eval", "--policy", str(other),
                           "--env", "vptr/Lift-v0", "--episodes", "1", "--no-progress"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -206,25 +210,30 @@ def test_cli_help_and_errors():
 def test_acting_wrapper_stacks_consecutive_frames():
     from vptr.finetune import get_agent
     from vptr.finetune.nets import DataSpec
-    from vptr.finetune.policy import LoadedPolicy, make_trunks
+    from vptr.finetune.policy import sim_policy
+    from vptr.nets.encoders import make_encoder
 
     spec = DataSpec(action_dim=2, horizon=2, cameras=("observation.images.front",),
                     image_size=8, frame_stack=3)
     agent = get_agent("flowbc")
     cfg = agent.config_cls(chunk=2, hidden=(8,), feature_dim=4, flow_steps=1)
-    nets = agent.create(cfg, spec, make_trunks("impala_small", spec, channels_last=False))
-    pol = LoadedPolicy("flowbc", cfg, nets, {})
+    nets = agent.create(cfg, spec, lambda: {c: make_encoder("impala_small", 9, 8,
+                                                            channels_last=False)
+                                            for c in spec.cameras})
+    pol = sim_policy("flowbc", cfg, nets, {"channels_last": False})
     frame = lambda v: {"pixels.front": np.full((2, 8, 8, 3), v, np.uint8),
                        "env_index": np.array([0, 1])}
+    stacked = lambda slots: np.stack([pol.history.stacked(s, "observation.images.front")
+                                      for s in slots])
     pol.reset(np.array([0, 1]))
     pol.observe(frame(1))
     pol.observe(frame(2))
-    stack = pol._stacked("pixels.front", np.array([1, 0]))
+    stack = stacked([1, 0])
     assert stack.shape == (2, 9, 8, 8)
     assert stack[:, ::3, 0, 0].tolist() == [[1, 1, 2], [1, 1, 2]]  # first frame repeated
     pol.reset(np.array([1]))
     pol.observe({"pixels.front": np.full((1, 8, 8, 3), 7, np.uint8), "env_index": np.array([1])})
-    assert pol._stacked("pixels.front", np.array([1]))[0, ::3, 0, 0].tolist() == [7, 7, 7]
+    assert stacked([1])[0, ::3, 0, 0].tolist() == [7, 7, 7]
     assert pol(frame(3)).shape == (2, 2, 2)
 
 
@@ -261,12 +270,13 @@ def test_multi_task_policy_is_conditioned_by_task_string(tmp_path):
     result = train(cfg)
     assert result["eval"]["videos"]  # a state-only policy is still filmed (rendered frames)
     doc = json.loads((tmp_path / "runs" / "r" / "policy" / "policy.json").read_text())
-    assert len(doc["tasks"]) == 2 and doc["spec"]["num_tasks"] == 2
+    assert len(doc["tasks"]) == 2 and doc["network"]["spec"]["num_tasks"] == 2
     lift = next(t for t in doc["tasks"] if "cube" in t)
     policy = load_policy(result["policy"], task=lift)
     assert policy.task_index == doc["tasks"].index(lift)
-    obs = {"state": np.zeros((3, doc["state_widths"][0]), np.float32),
-           "environment_state": np.zeros((3, doc["state_widths"][1]), np.float32)}
+    widths = [len(s["names"]) for s in doc["observation"]["state"]]
+    obs = {"state": np.zeros((3, widths[0]), np.float32),
+           "environment_state": np.zeros((3, widths[1]), np.float32)}
     torch.manual_seed(0)
     a = policy(obs)
     torch.manual_seed(0)
