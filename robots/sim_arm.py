@@ -43,26 +43,16 @@ def env_id(task: str) -> str:
     return TASK_IDS[key][0]
 
 
-class SimArm(Robot):
-    """The native MuJoCo arm as a robot (see the module docstring)."""
+class GymArm(Robot):
+    """A ``sim`` environment (Gymnasium, ``{"state", "pixels"}`` observations) as a robot:
+    one :meth:`send_action` is one control step. Subclasses give the spec and
+    :meth:`current_action`."""
 
-    name = "vptr_sim_arm"
-
-    def __init__(self, task: str = "lift", image_size: int = 64, cameras: tuple[str, ...] = ("front",),
-                 seed: int = 0, domain_shift: float = 0.0, render_images: bool = True) -> None:
-        from sim.native.embodiments import ACTION_NAMES, Arm
-
-        self.env_id = env_id(task)
-        if isinstance(cameras, str):
-            raise ConfigError(f"cameras must be a tuple of camera names, got {cameras!r}")
-        self._kwargs = {"image_size": image_size, "cameras": tuple(cameras),
-                        "domain_shift": domain_shift, "render_images": render_images}
+    def __init__(self, env_id: str, spec: RobotSpec, env_kwargs: dict[str, Any], seed: int = 0) -> None:
+        self.env_id = env_id
+        self._spec = spec
+        self._kwargs = dict(env_kwargs)
         self.seed = int(seed)
-        cams = tuple((c, (image_size, image_size, 3)) for c in cameras) if render_images else ()
-        action = ActionSpec(names=tuple(ACTION_NAMES), units=UNITS, low=(-1.0,) * 5, high=(1.0,) * 5,
-                            max_step=MAX_STEP, hold=(0.0, 0.0, 0.0, 0.0, None))
-        self._spec = RobotSpec(state_names=Arm.state_names, action=action, rate_hz=CONTROL_HZ,
-                               cameras=cams)
         self._env = None
         self._obs: dict[str, Any] | None = None
         self._episode = 0
@@ -85,7 +75,7 @@ class SimArm(Robot):
         import sim
 
         self._env = sim.make(self.env_id, **self._kwargs)
-        self.task_description = self._env.unwrapped.task_description
+        self.task_description = getattr(self._env.unwrapped, "task_description", "")
         self.reset(self.seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -120,6 +110,26 @@ class SimArm(Robot):
         self.success = self.success or bool(info.get("is_success", False))
         self.done = self.done or bool(terminated or truncated)
         return action_dict(a, names)
+
+
+class SimArm(GymArm):
+    """The native MuJoCo arm as a robot (see the module docstring)."""
+
+    name = "vptr_sim_arm"
+
+    def __init__(self, task: str = "lift", image_size: int = 64, cameras: tuple[str, ...] = ("front",),
+                 seed: int = 0, domain_shift: float = 0.0, render_images: bool = True) -> None:
+        from sim.native.embodiments import ACTION_NAMES, Arm
+
+        if isinstance(cameras, str):
+            raise ConfigError(f"cameras must be a tuple of camera names, got {cameras!r}")
+        cams = tuple((c, (image_size, image_size, 3)) for c in cameras) if render_images else ()
+        action = ActionSpec(names=tuple(ACTION_NAMES), units=UNITS, low=(-1.0,) * 5, high=(1.0,) * 5,
+                            max_step=MAX_STEP, hold=(0.0, 0.0, 0.0, 0.0, None))
+        super().__init__(env_id(task), RobotSpec(state_names=Arm.state_names, action=action,
+                                                 rate_hz=CONTROL_HZ, cameras=cams),
+                         {"image_size": image_size, "cameras": tuple(cameras),
+                          "domain_shift": domain_shift, "render_images": render_images}, seed)
 
     def current_action(self, observation: Mapping[str, Any]) -> np.ndarray:
         """Tool deltas 0 and the gripper closure that matches the measured opening."""

@@ -11,6 +11,8 @@ Robots (``--robot``):
 * ``sim:<task>`` -- the native MuJoCo arm (``lift``, ``reach`` ...), cameras and image size
   taken from the policy; ``--no-realtime`` steps it as fast as it computes (simulated
   time: timing figures are then not wall-clock);
+* ``robosuite:<task>`` -- the robosuite Panda (``lift``, ``stack``, ``pickplacecan``,
+  ``door``), cameras and image size from the policy;
 * ``lerobot:<type>`` -- any robot in LeRobot's registry (``--robot-option key=value`` are
   its config fields; ``--max-step`` is required unless its spec carries limits);
 * ``ur:<host>`` -- a Universal Robots arm through ``ur_rtde`` (``--robot-option`` sets
@@ -44,7 +46,8 @@ class DeployConfig:
     """Run an exported policy on a robot (simulated or real)."""
 
     policy: Path | None = helpfield(None, "artifact folder (`vptr export --out`, or a run's policy/)")
-    robot: str = helpfield("sim:lift", "sim:<task>, lerobot:<type>, ur:<host> or mock")
+    robot: str = helpfield("sim:lift", "sim:<task>, robosuite:<task>, lerobot:<type>, "
+                                       "ur:<host> or mock")
     robot_option: tuple[str, ...] = helpfield((), "robot options key=value (LeRobot config "
                                                    "fields, URConfig fields, sim: domain_shift)")
     rate: float = helpfield(0.0, "control rate in Hz (0 = the policy's training rate)")
@@ -77,9 +80,9 @@ class DeployConfig:
             raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, "
                               f"got {self.executor!r}")
         kind = self.robot.partition(":")[0]
-        if kind not in ("sim", "lerobot", "ur", "mock"):
-            raise ConfigError(f"--robot {self.robot!r}: expected sim:<task>, lerobot:<type>, "
-                              "ur:<host> or mock")
+        if kind not in ("sim", "robosuite", "lerobot", "ur", "mock"):
+            raise ConfigError(f"--robot {self.robot!r}: expected sim:<task>, robosuite:<task>, "
+                              "lerobot:<type>, ur:<host> or mock")
         if kind in ("lerobot", "ur") and not self.max_steps:
             raise ConfigError(f"--robot {self.robot}: give --max-steps (a real robot's episode "
                               "does not end by itself)")
@@ -114,6 +117,14 @@ def make_robot(cfg: DeployConfig, policy):
         return SimArm(task=arg or "lift", image_size=size, cameras=cams or ("front",),
                       seed=cfg.seed, render_images=bool(cams),
                       domain_shift=float(options.get("domain_shift", 0.0)))
+    if kind == "robosuite":
+        from robots.robosuite_arm import RobosuiteArm
+
+        if options:
+            raise ConfigError(f"--robot-option {sorted(options)}: the robosuite arm takes none")
+        cams = tuple(c for c, _ in policy.io.cameras)
+        return RobosuiteArm(task=arg or "lift", image_size=policy.io.cameras[0][1][0] if cams else 84,
+                            cameras=cams or ("agentview",), seed=cfg.seed, render_images=bool(cams))
     if kind == "lerobot":
         from robots.lerobot_adapter import LeRobotRobot
 
@@ -182,7 +193,7 @@ def deploy(cfg: DeployConfig, out=sys.stdout) -> dict[str, Any]:
         raise ConfigError(f"{cfg.policy}: the policy declares no rate; give --rate HZ")
     robot = make_robot(cfg, policy)
     check_compatible(policy.io, robot, rate)  # before connecting: nothing moves on a mismatch
-    simulated = cfg.robot.startswith("sim")
+    simulated = cfg.robot.startswith(("sim:", "robosuite:"))
     if not cfg.realtime and not simulated:
         raise ConfigError("--no-realtime is for simulated robots only")
     recorder = None

@@ -105,7 +105,7 @@ def max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Te
     """
     if (kernel, stride) != (3, 2):
         raise ValueError("max_pool_same is written for the Impala 3x3 / stride-2 pool")
-    h, w = x.shape[-2:]
+    h, w = (int(n) for n in x.shape[-2:])  # constants when traced (TorchScript / ONNX)
     return F.max_pool2d(x, kernel, stride, padding=(h % 2, w % 2), ceil_mode=True)
 
 

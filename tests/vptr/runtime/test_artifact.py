@@ -208,3 +208,21 @@ def test_torchscript_parts_match_pytorch(artifact, tmp_path):
         torch.testing.assert_close(velocity(*vel_in), actor.policy.flow(*vel_in), atol=1e-5, rtol=0)
     with pytest.raises(Exception, match="exists and is not empty"):
         export(ExportConfig(policy=folder, out=out))
+
+
+def test_onnx_parts_match_pytorch_in_onnxruntime(artifact, tmp_path):
+    import onnxruntime as ort
+
+    from vptr.export import EncoderPart, ExportConfig, example_inputs, export
+
+    folder, _ = artifact
+    out = export(ExportConfig(policy=folder, out=tmp_path / "onnx", onnx=True))
+    parts = json.loads((out / "policy.json").read_text())["exports"]["onnx"]
+    assert all(p["max_abs_err"] is not None and p["max_abs_err"] <= 1e-5 for p in parts.values())
+    _, actor = load_artifact(out)
+    enc_in, _ = example_inputs(actor, n=4, seed=9)  # another batch size than at export
+    sess = ort.InferenceSession(str(out / parts["encoder"]["file"]), providers=["CPUExecutionProvider"])
+    feed = dict(zip(parts["encoder"]["inputs"], enc_in))
+    got = sess.run(None, {i.name: feed[i.name].numpy() for i in sess.get_inputs()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, EncoderPart(actor)(*enc_in).numpy(), atol=1e-5, rtol=0)
