@@ -140,12 +140,12 @@ def loss_fn(nets: CORFTNets, target: PrefixCritic, batch: dict[str, torch.Tensor
                   "actor/bc_loss": bc.detach(), "actor/q_term": q_term.detach()}
 
 
-@torch.no_grad()
 def ranker(nets: CORFTNets) -> None:
     """One (critic-trained) policy sample: nothing ranks."""
     return None
 
 
+@torch.no_grad()
 def act(nets: CORFTNets, batch: dict[str, torch.Tensor], cfg: CORFTConfig,
         samples: int | None = None) -> torch.Tensor:
     """One policy sample (B, h, Da), normalised units."""

@@ -140,12 +140,12 @@ def loss_fn(nets: DQCNets, target: Critics, batch: dict[str, torch.Tensor], cfg:
                   "value/v": v.detach().mean(), "actor/bc_loss": actor_loss.detach()}
 
 
-@torch.no_grad()
 def ranker(nets: DQCNets):
     """Best-of-N ranks short chunks under the distilled Q_a."""
     return nets.critics.encoder, nets.critics.q_action
 
 
+@torch.no_grad()
 def act(nets: DQCNets, batch: dict[str, torch.Tensor], cfg: DQCConfig,
         samples: int | None = None) -> torch.Tensor:
     """Best-of-N short chunks (B, h, Da) under Q_a, normalised units."""

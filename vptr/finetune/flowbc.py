@@ -36,12 +36,12 @@ def loss_fn(nets: FlowBCNets, target, batch: dict[str, torch.Tensor], cfg: FlowB
     return loss, {"loss": loss.detach(), "actor/bc_loss": loss.detach()}
 
 
-@torch.no_grad()
 def ranker(nets: FlowBCNets) -> None:
     """One plain sample: nothing ranks."""
     return None
 
 
+@torch.no_grad()
 def act(nets: FlowBCNets, batch: dict[str, torch.Tensor], cfg: FlowBCConfig,
         samples: int | None = None) -> torch.Tensor:
     """One flow sample per observation (B, h, Da), normalised units."""

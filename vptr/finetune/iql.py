@@ -89,12 +89,12 @@ def loss_fn(nets: IQLNets, target_q: QNet, batch: dict[str, torch.Tensor], cfg: 
                   "actor/weight": w.mean()}
 
 
-@torch.no_grad()
 def ranker(nets: IQLNets):
     """Best-of-N (``act_samples`` > 1) ranks candidates under Q."""
     return nets.q.encoder, nets.q.heads
 
 
+@torch.no_grad()
 def act(nets: IQLNets, batch: dict[str, torch.Tensor], cfg: IQLConfig,
         samples: int | None = None) -> torch.Tensor:
     """A policy sample (best-of-N under Q when ``act_samples`` > 1), normalised units."""

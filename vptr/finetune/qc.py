@@ -99,12 +99,12 @@ def loss_fn(nets: QCNets, target_q: QNet, batch: dict[str, torch.Tensor], cfg: Q
                   "actor/bc_loss": actor_loss.detach()}
 
 
-@torch.no_grad()
 def ranker(nets: QCNets):
     """Best-of-N ranks candidates under Q (its encoder and ensemble)."""
     return nets.q.encoder, nets.q.heads
 
 
+@torch.no_grad()
 def act(nets: QCNets, batch: dict[str, torch.Tensor], cfg: QCConfig,
         samples: int | None = None) -> torch.Tensor:
     """Best-of-N chunks (B, h, Da), normalised units."""
