@@ -64,6 +64,8 @@ class DeployConfig:
                                        "stays; not recommended)")
     realtime: bool = helpfield(True, "sim: pace the loop by the wall clock (false: simulated "
                                      "time, as fast as it computes)")
+    simulated_delay: int = helpfield(1, "--no-realtime with async/rtc: control periods an "
+                                        "inference takes in simulated time")
     record: Path | None = helpfield(None, "record the episodes to this LeRobotDataset folder")
     report: Path | None = helpfield(None, "write the final report here (JSON)")
     device: str = helpfield("cpu", "device of the policy")
@@ -74,7 +76,7 @@ class DeployConfig:
         if self.policy is None:
             raise ConfigError("--policy DIR: the artifact to deploy")
         if (self.episodes < 1 or self.max_steps < 0 or self.rate < 0 or self.max_step < 0
-                or self.threads < 0):
+                or self.threads < 0 or self.simulated_delay < 0):
             raise ConfigError("episodes must be >= 1; max_steps, rate, max_step, threads >= 0")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, "
@@ -215,7 +217,9 @@ def deploy(cfg: DeployConfig, out=sys.stdout) -> dict[str, Any]:
             step = cfg.max_step or None
             safety = SafetyFilter(robot.spec.action, rate_hz=rate, unlimited=cfg.no_limits,
                                   max_step=step if robot.spec.action.max_step is None else None)
-            loop = ControlLoop(robot, policy.io, make_executor(policy, executor_config(cfg)),
+            delay = (cfg.simulated_delay if not cfg.realtime and cfg.executor in ("async", "rtc")
+                     else None)
+            loop = ControlLoop(robot, policy.io, make_executor(policy, executor_config(cfg), delay),
                                safety, LoopConfig(rate_hz=rate, max_steps=cfg.max_steps or None,
                                                   handle_sigint=True),
                                clock=None if cfg.realtime else FakeClock(), recorder=recorder)
