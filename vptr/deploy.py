@@ -59,7 +59,8 @@ class DeployConfig:
     executor: str = helpfield("chunk", "chunk (open loop), receding, ensemble, async or rtc")
     execute: int = helpfield(0, "receding: actions executed before re-planning (0 = h/2)")
     max_guidance_weight: float = helpfield(10.0, "rtc: clip of the guidance weight (beta)")
-    max_step: float = helpfield(0.0, "per-step change limit for robots whose spec has none")
+    max_step: float = helpfield(0.0, "per-step change limit (required for robots whose spec "
+                                         "has none; otherwise it can only tighten the spec's)")
     no_limits: bool = helpfield(False, "run WITHOUT the safety filter's limits (NaN guard "
                                        "stays; not recommended)")
     realtime: bool = helpfield(True, "sim: pace the loop by the wall clock (false: simulated "
@@ -144,6 +145,16 @@ def make_robot(cfg: DeployConfig, policy):
     return MockRobot(default_spec(rate_hz=cfg.rate or policy.io.rate_hz or 50.0))
 
 
+def step_limit(cfg: DeployConfig, action) -> np.ndarray | None:
+    """``--max-step`` for a robot whose spec has none; for one that has, it can only
+    tighten the spec's limits."""
+    if not cfg.max_step:
+        return None
+    if action.max_step is None:
+        return np.full(action.dim, cfg.max_step)
+    return np.minimum(np.asarray(action.max_step, dtype=float), cfg.max_step)
+
+
 def executor_config(cfg: DeployConfig):
     from vptr.runtime import ExecutorConfig
 
@@ -214,9 +225,8 @@ def deploy(cfg: DeployConfig, out=sys.stdout) -> dict[str, Any]:
             if i and hasattr(robot, "reset"):
                 robot.reset(cfg.seed + i)
             policy.reset()
-            step = cfg.max_step or None
             safety = SafetyFilter(robot.spec.action, rate_hz=rate, unlimited=cfg.no_limits,
-                                  max_step=step if robot.spec.action.max_step is None else None)
+                                  max_step=step_limit(cfg, robot.spec.action))
             delay = (cfg.simulated_delay if not cfg.realtime and cfg.executor in ("async", "rtc")
                      else None)
             loop = ControlLoop(robot, policy.io, make_executor(policy, executor_config(cfg), delay),

@@ -85,3 +85,13 @@ def test_deploy_records_episodes_that_lerobot_opens(sim_policy, tmp_path):
     assert ds.num_episodes == 1 and ds.num_frames == 6
     frame = ds[0]
     assert np.asarray(frame["action"]).shape == (5,)
+
+
+def test_max_step_can_only_tighten_the_robots_own_limits(sim_policy):
+    from robots.sim_arm import SimArm
+    from vptr.deploy import step_limit
+
+    action = SimArm(render_images=False).spec.action  # max_step (1, 1, 1, 1, 2)
+    cfg = DeployConfig(policy=sim_policy, max_step=1.5)
+    np.testing.assert_array_equal(step_limit(cfg, action), [1.0, 1.0, 1.0, 1.0, 1.5])
+    assert step_limit(DeployConfig(policy=sim_policy), action) is None
