@@ -84,6 +84,16 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "loop with watchdog and e-stop (SIGUSR1, Ctrl-C). Robots: sim:<task>, "
         "lerobot:<type>, ur:<host>, mock. Prints a status line per episode and a report: "
         "success, loop rate, jitter, inference latency, boundary stalls, interventions."),
+    "experiment": Command(
+        "run a pretraining x fine-tuning x seed grid (resumable) and summarise it",
+        "vptr.experiment:ExperimentConfig", "vptr.experiment:run",
+        "The grid comes from --config FILE.toml (arms, seeds, and the [video], [robot], "
+        "[pretrain], [pretrain_arms.<arm>], [finetune], [finetune_agents.<agent>] tables; "
+        "see configs/experiments/). Each cell (a pretraining run, or a fine-tuning run plus "
+        "its test evaluation) works in its own folder and records cell.json when done: a "
+        "rerun skips done cells and resumes interrupted ones, several machines can share "
+        "the folder. Writes summary.csv, summary.md (Wilson intervals per seed and pooled, "
+        "paired differences against 'none'), summary.json and summary.png."),
     "evaluate-values": Command(
         "score a pretraining run's value on held-out video against baselines",
         "vptr.diagnostics.evaluate:EvaluateValuesConfig", "vptr.diagnostics.evaluate:run",

@@ -100,6 +100,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
             continue
         tp, optional = _unwrap_optional(hints[f.name])
         name = prefix + f.name
+        if tp is dict or get_origin(tp) is dict:  # a TOML table: --config FILE only
+            continue
         if dataclasses.is_dataclass(tp):
             add_config_args(parser, tp, prefix=name + ".",
                             description=f.metadata.get("help") or None)

@@ -1,0 +1,90 @@
+"""`vptr experiment` on the tiny grid (configs/experiments/tiny.toml): end to end through
+the CLI, resumption without redoing finished cells, an interrupted cell resumed from its
+checkpoint, the summary's intervals, and the paired-difference statistics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vptr.experiment import newcombe_paired, wilson
+
+ROOT = Path(__file__).resolve().parents[3]
+GRID = ROOT / "configs" / "experiments" / "tiny.toml"
+
+
+def vptr_experiment(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "vptr", "experiment", "--config", str(GRID), "--out-dir",
+           str(tmp / "exp"), "--data-dir", str(tmp / "data"), "--no-progress", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env=dict(os.environ, PYTHONHASHSEED="0"))
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
+    # a first sitting runs one cell only (the pretraining), as if the machine went away
+    r = vptr_experiment(tmp_path, "--max-cells", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cells: 1 run now" in r.stdout
+    cells = tmp_path / "exp" / "tiny" / "cells"
+    pre = cells / "pretrain" / "icvf" / "seed0" / "cell.json"
+    first = pre.stat().st_mtime_ns
+    # the second sitting does the rest and does not redo the pretraining
+    r = vptr_experiment(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cells: 2 run now, 1 done before" in r.stdout
+    assert pre.stat().st_mtime_ns == first
+    # a fine-tuning cell killed mid-way (no cell.json, a checkpoint on disk) resumes
+    ft = cells / "finetune" / "none" / "flowbc" / "seed0"
+    (ft / "cell.json").unlink()
+    r = vptr_experiment(tmp_path)
+    assert r.returncode == 0 and "cells: 1 run now, 2 done before" in r.stdout, r.stdout
+    assert "resuming" in r.stdout + r.stderr
+    # the summary: one row per cell and seed, intervals that contain the observed rates
+    root = tmp_path / "exp" / "tiny"
+    rows = list(csv.DictReader(open(root / "summary.csv")))
+    assert {(r["pretraining"], r["agent"], r["seed"]) for r in rows} == {
+        ("none", "flowbc", "0"), ("icvf", "flowbc", "0")}
+    for row in rows:
+        k, n = int(row["successes"]), int(row["episodes"])
+        assert n == 3 and float(row["ci_low"]) <= k / n <= float(row["ci_high"])
+        lo, hi = wilson(k, n)
+        assert abs(float(row["ci_low"]) - lo) < 1e-4 and abs(float(row["ci_high"]) - hi) < 1e-4
+    summary = json.loads((root / "summary.json").read_text())
+    icvf = next(p for p in summary["pooled"] if p["pretraining"] == "icvf")
+    vs = icvf["vs_none"]
+    assert vs["pairs"] == 3 and vs["ci_low"] <= vs["difference"] <= vs["ci_high"]
+    assert (root / "summary.png").stat().st_size > 1000
+    md = (root / "summary.md").read_text()
+    assert "| icvf | flowbc |" in md and "vs none" in md
+
+
+def test_a_bad_grid_is_refused_before_any_cell_runs(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GRID.read_text().replace("[finetune]\n", "[finetune]\nstepz = 3\n"))
+    r = subprocess.run([sys.executable, "-m", "vptr", "experiment", "--config", str(bad),
+                        "--out-dir", str(tmp_path / "exp"), "--data-dir", str(tmp_path / "data")],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "stepz" in r.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+def test_newcombe_paired_difference_interval():
+    diff, lo, hi = newcombe_paired(a=40, b=8, c=2, d=0)  # 48/50 vs 42/50
+    assert diff == pytest.approx(0.12) and lo < diff < hi
+    assert lo < 0  # 8 vs 2 discordant pairs: McNemar's exact p = 0.11, not significant
+    assert newcombe_paired(a=30, b=15, c=1, d=4)[1] > 0  # 15 vs 1: clearly positive
+    d2, lo2, hi2 = newcombe_paired(a=40, b=2, c=8, d=0)
+    assert d2 == pytest.approx(-diff) and lo2 == pytest.approx(-hi) and hi2 == pytest.approx(-lo)
+    same = newcombe_paired(a=25, b=0, c=0, d=25)
+    assert same[0] == 0 and same[1] < 0 < same[2] and same[2] - same[1] < 0.2
+    # more discordant pairs -> a wider interval for the same difference
+    wide = newcombe_paired(a=20, b=16, c=10, d=4)
+    assert (wide[2] - wide[1]) > (hi - lo)

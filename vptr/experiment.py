@@ -1,0 +1,568 @@
+"""``vptr experiment``: a grid of pretraining x fine-tuning x seed cells, resumable, and
+its summary (the V-PTR experiment; ../shared/specs/finetuning.md, "The V-PTR recipe").
+
+The grid file (TOML, ``--config``) names the arms and the shared settings::
+
+    name = "vptr_sim"
+    pretrainings = ["none", "icvf", "tdjepa"]   # "none": fine-tune from scratch
+    agents = ["qc", "flowbc"]
+    seeds = [0, 1, 2]
+    eval_env = "vptr/Lift-v0"
+    eval_episodes = 50
+    test_seed = 300000                          # test episodes: reset seeds 300000, ...
+    [video]            # sim.generate.VideoDataConfig values (the action-free video)
+    [robot]            # sim.generate.RobotDataConfig values (the robot demonstrations)
+    [pretrain]         # PretrainConfig values shared by every pretraining arm
+    [pretrain_arms.icvf]   # per arm (objective = the arm's name unless given)
+    [finetune]         # FinetuneConfig values shared by every fine-tuning cell
+    [finetune_agents.qc]   # per agent
+
+Cells: ``pretrain/<arm>/seed<k>`` (a ``vptr pretrain`` run) and
+``finetune/<arm>/<agent>/seed<k>`` (a ``vptr finetune`` run from that pretraining's
+encoder, then a test evaluation on ``eval_episodes`` episodes from ``test_seed``). Each
+cell works in its own directory and writes ``cell.json`` when it is done; a rerun skips
+done cells and resumes interrupted ones (the runs resume from their last checkpoint), so
+the grid can be filled over several sittings and on several machines sharing the folder
+(a cell being run holds a lock file; ``--cells`` picks a subset, ``--max-cells`` stops
+after that many). The summary step gathers the done cells into ``summary.csv`` (one row
+per cell and seed), ``summary.md`` (per-seed and pooled Wilson 95 % intervals, and the
+paired difference of each pretraining against ``none`` under the same agent with
+Newcombe's interval), ``summary.json`` and ``summary.png`` (bars with pooled intervals).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vptr.config import helpfield
+from vptr.errors import ConfigError, DataError
+from vptr.files import atomic_write_text
+
+CELL_FILE = "cell.json"
+LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Run (or resume) an experiment grid and summarise it."""
+
+    name: str = helpfield("vptr_sim", "experiment name (its folder under --out-dir)")
+    out_dir: Path = helpfield(Path("runs/experiments"), "where experiments are written")
+    pretrainings: tuple[str, ...] = helpfield(("none", "icvf"), "pretraining arms ('none': "
+                                                                 "fine-tune from scratch)")
+    agents: tuple[str, ...] = helpfield(("qc",), "fine-tuning agents")
+    seeds: tuple[int, ...] = helpfield((0,), "seeds (each pretraining and fine-tuning cell)")
+    eval_env: str = helpfield("vptr/Lift-v0", "environment of the test evaluation")
+    eval_episodes: int = helpfield(50, "test episodes per fine-tuning cell")
+    test_seed: int = helpfield(300_000, "reset seed of the first test episode (no choice may "
+                                        "look at these: validation uses other seeds)")
+    video: dict = field(default_factory=dict, metadata={"help": "TOML table: VideoDataConfig"})
+    robot: dict = field(default_factory=dict, metadata={"help": "TOML table: RobotDataConfig"})
+    pretrain: dict = field(default_factory=dict, metadata={"help": "TOML table: shared "
+                                                                   "PretrainConfig values"})
+    pretrain_arms: dict = field(default_factory=dict, metadata={"help": "TOML tables: per-arm "
+                                                                        "PretrainConfig values"})
+    finetune: dict = field(default_factory=dict, metadata={"help": "TOML table: shared "
+                                                                   "FinetuneConfig values"})
+    finetune_agents: dict = field(default_factory=dict, metadata={"help": "TOML tables: "
+                                                                          "per-agent values"})
+    data_dir: Path | None = helpfield(None, "generated-data cache (default: $VPTR_DATA_DIR or "
+                                            "./data)")
+    cells: tuple[str, ...] = helpfield((), "run only cells whose id matches one of these "
+                                           "patterns (e.g. 'finetune/icvf/*')")
+    max_cells: int = helpfield(0, "stop after running this many cells (0 = all)")
+    summary_only: bool = helpfield(False, "only gather the done cells into the summary")
+    progress: bool = helpfield(True, "progress bars of the runs")
+
+    def __post_init__(self) -> None:
+        if not self.pretrainings or not self.agents or not self.seeds:
+            raise ConfigError("pretrainings, agents and seeds must each name at least one")
+        for what in ("pretrainings", "agents", "seeds"):
+            values = getattr(self, what)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{what}: repeated entries in {list(values)}")
+        if self.eval_episodes < 1 or self.max_cells < 0:
+            raise ConfigError("eval_episodes must be >= 1 and max_cells >= 0")
+        for name in ("video", "robot", "pretrain", "pretrain_arms", "finetune", "finetune_agents"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name}: expected a TOML table")
+        for name in ("pretrain_arms", "finetune_agents"):  # --config flattens the tables
+            object.__setattr__(self, name, _by_arm(getattr(self, name), name))
+        unknown = set(self.pretrain_arms) - set(self.pretrainings)
+        if unknown:
+            raise ConfigError(f"pretrain_arms: {sorted(unknown)} are not in pretrainings")
+        unknown = set(self.finetune_agents) - set(self.agents)
+        if unknown:
+            raise ConfigError(f"finetune_agents: {sorted(unknown)} are not in agents")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def _by_arm(d: dict, what: str) -> dict[str, dict]:
+    """``{"qc.qc.batch_size": 8}`` or ``{"qc": {"qc.batch_size": 8}}`` -> per-arm tables."""
+    from vptr.config import flatten
+
+    out: dict[str, dict] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.setdefault(k, {}).update(flatten(v))
+            continue
+        arm, _, rest = k.partition(".")
+        if not rest:
+            raise ConfigError(f"{what}.{k}: expected a table [{what}.{k}]")
+        out.setdefault(arm, {})[rest] = v
+    return out
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@dataclass
+class Cell:
+    id: str
+    kind: str  # "pretrain" or "finetune"
+    arm: str
+    seed: int
+    agent: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # the run's resolved values
+    needs: str = ""  # id of the cell whose result this one reads
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.config, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def with_base_file(values: dict) -> dict:
+    """``config = "file.toml"`` in a table: that file's values under the table's own."""
+    from vptr.config import flatten, load_toml
+
+    values = flatten(values)  # dotted keys throughout (tables and dotted keys both allowed)
+    base = values.pop("config", None)
+    return values if base is None else {**flatten(load_toml(base)), **values}
+
+
+def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None) -> list[Cell]:
+    """Every cell of the grid in run order (pretrainings first), with its run config."""
+    cells: list[Cell] = []
+    for arm in cfg.pretrainings:
+        if arm == "none":
+            continue
+        values = with_base_file(_merge(cfg.pretrain, cfg.pretrain_arms.get(arm, {})))
+        values.setdefault("objective", arm)
+        for seed in cfg.seeds:
+            cells.append(Cell(f"pretrain/{arm}/seed{seed}", "pretrain", arm, seed,
+                              config=_merge(values, {"data": str(video), "seed": seed})))
+    for arm in cfg.pretrainings:
+        for agent in cfg.agents:
+            values = with_base_file(_merge(cfg.finetune, cfg.finetune_agents.get(agent, {})))
+            for seed in cfg.seeds:
+                needs = "" if arm == "none" else f"pretrain/{arm}/seed{seed}"
+                cells.append(Cell(f"finetune/{arm}/{agent}/seed{seed}", "finetune", arm, seed,
+                                  agent, _merge(values, {"data": str(robot), "agent": agent,
+                                                         "seed": seed}), needs))
+    return cells
+
+
+def selected(cfg: ExperimentConfig, cell: Cell) -> bool:
+    return not cfg.cells or any(fnmatch.fnmatch(cell.id, p) for p in cfg.cells)
+
+
+def cell_dir(cfg: ExperimentConfig, cell: Cell) -> Path:
+    return cfg.root / "cells" / cell.id
+
+
+def read_cell(cfg: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
+    """The cell's record if it is done with the current config (else None)."""
+    path = cell_dir(cfg, cell) / CELL_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return doc if doc.get("status") == "done" and doc.get("key") == cell.key else None
+
+
+class CellLock:
+    """``<cell>/.lock`` (host and pid) held while a cell runs; a lock left by a dead
+    process on this host is taken over, one held elsewhere makes the cell wait."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return True
+        return False
+
+    def _stale(self) -> bool:
+        try:
+            host, _, pid = self.path.read_text().partition(":")
+        except OSError:
+            return True
+        if host != socket.gethostname():
+            return False  # another machine's: cannot tell, leave it
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_pretrain_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) -> dict:
+    from vptr.config import build_config
+    from vptr.train.pretrain_loop import PretrainConfig, train
+
+    values = _merge(cell.config, {"out_dir": str(folder / "runs"), "run_name": cell.key,
+                                  "progress": cfg.progress})
+    result = train(build_config(PretrainConfig, values, where=cell.id))
+    return {"run_dir": result["run_dir"], "step": result.get("step")}
+
+
+def run_finetune_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) -> dict:
+    from sim.evaluate import evaluate
+    from vptr.config import build_config
+    from vptr.runtime.artifact import SimPolicy
+    from vptr.train.finetune_loop import FinetuneConfig, train
+
+    over: dict[str, Any] = {"out_dir": str(folder / "runs"), "run_name": cell.key,
+                            "progress": cfg.progress}
+    if cell.needs:
+        over["encoder.init"] = deps[cell.needs]["run_dir"]
+    result = train(build_config(FinetuneConfig, _merge(cell.config, over), where=cell.id))
+    policy = SimPolicy(Path(result["run_dir"]) / "policy")
+    t = time.time()
+    report = evaluate(policy, cfg.eval_env, episodes=cfg.eval_episodes, seed=cfg.test_seed,
+                      env_kwargs=policy.env_kwargs(), report_path=folder / "test_eval.json",
+                      progress=False)
+    return {"run_dir": result["run_dir"], "step": result.get("step"),
+            "success_rate": report["success_rate"], "success_ci95": report["success_ci95"],
+            "episodes": report["episodes"],
+            "successes": [bool(e["success"]) for e in report["per_episode"]],
+            "episode_seeds": [int(e["seed"]) for e in report["per_episode"]],
+            "eval_s": time.time() - t}
+
+
+RUNNERS: dict[str, Callable[..., dict]] = {"pretrain": run_pretrain_cell,
+                                           "finetune": run_finetune_cell}
+
+
+def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], None] = print) -> dict:
+    """Run the selected cells that are not done; returns counts of what happened."""
+    done = {c.id: read_cell(cfg, c) for c in cells}
+    counts = {"done_before": 0, "ran": 0, "locked": 0, "blocked": 0}
+    for i, cell in enumerate(cells):
+        if not selected(cfg, cell):
+            continue
+        if done[cell.id] is not None:
+            counts["done_before"] += 1
+            continue
+        if cfg.max_cells and counts["ran"] >= cfg.max_cells:
+            break
+        if cell.needs and done.get(cell.needs) is None:
+            log(f"[{i + 1}/{len(cells)}] {cell.id}: waiting for {cell.needs}")
+            counts["blocked"] += 1
+            continue
+        folder = cell_dir(cfg, cell)
+        lock = CellLock(folder)
+        if not lock.acquire():
+            log(f"[{i + 1}/{len(cells)}] {cell.id}: running elsewhere ({lock.path}), skipped")
+            counts["locked"] += 1
+            continue
+        try:
+            log(f"[{i + 1}/{len(cells)}] {cell.id}: running")
+            t = time.time()
+            deps = {cell.needs: done[cell.needs]["result"]} if cell.needs else {}
+            result = RUNNERS[cell.kind](cfg, cell, folder, deps)
+            record = {"id": cell.id, "status": "done", "key": cell.key, "kind": cell.kind,
+                      "arm": cell.arm, "agent": cell.agent, "seed": cell.seed,
+                      "wall_s": round(time.time() - t, 1), "config": cell.config,
+                      "result": result}
+            atomic_write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
+            done[cell.id] = record
+            counts["ran"] += 1
+            msg = f"  done in {record['wall_s']:.0f}s"
+            if "success_rate" in result:
+                msg += f": test success {100 * result['success_rate']:.0f}%"
+            log(msg)
+        finally:
+            lock.release()
+    return counts
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    from sim.evaluate import wilson_interval
+
+    return wilson_interval(k, n)
+
+
+def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float, float]:
+    """Difference p1 - p2 of paired proportions and its 95 % interval (Newcombe 1998,
+    method 10: Wilson limits of each rate combined with the continuity-corrected
+    correlation phi).
+    a: both succeed, b: only 1, c: only 2, d: neither."""
+    n = a + b + c + d
+    if n == 0:
+        raise DataError("paired difference of zero pairs")
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson(a + b, n)
+    l2, u2 = wilson(a + c, n)
+    denom = (a + b) * (c + d) * (a + c) * (b + d)
+    ad_bc = a * d - b * c  # Newcombe's continuity-corrected correlation: shrink a positive one
+    corrected = ad_bc - n / 2 if ad_bc > n / 2 else (ad_bc if ad_bc < 0 else 0.0)
+    phi = corrected / math.sqrt(denom) if denom > 0 else 0.0
+    delta = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    eps = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    diff = p1 - p2
+    return diff, max(-1.0, diff - delta), min(1.0, diff + eps)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _finetune_records(cfg: ExperimentConfig, cells: list[Cell]) -> Iterator[tuple[Cell, dict]]:
+    for cell in cells:
+        if cell.kind == "finetune":
+            record = read_cell(cfg, cell)
+            if record is not None:
+                yield cell, record
+
+
+def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
+    """Write summary.{csv,md,json,png} from the done fine-tuning cells."""
+    rows, outcomes = [], {}
+    walls = {c.id: r["wall_s"] for c in cells if (r := read_cell(cfg, c)) is not None}
+    for cell, rec in _finetune_records(cfg, cells):
+        res = rec["result"]
+        k, n = sum(res["successes"]), len(res["successes"])
+        lo, hi = wilson(k, n)
+        rows.append({"pretraining": cell.arm, "agent": cell.agent, "seed": cell.seed,
+                     "episodes": n, "successes": k, "success_rate": k / n, "ci_low": lo,
+                     "ci_high": hi, "finetune_wall_s": rec["wall_s"],
+                     "pretrain_wall_s": walls.get(cell.needs, 0.0) if cell.needs else 0.0})
+        outcomes[(cell.arm, cell.agent, cell.seed)] = dict(zip(res["episode_seeds"], res["successes"]))
+    pooled = []
+    for arm in cfg.pretrainings:
+        for agent in cfg.agents:
+            mine = [r for r in rows if r["pretraining"] == arm and r["agent"] == agent]
+            if not mine:
+                continue
+            k, n = sum(r["successes"] for r in mine), sum(r["episodes"] for r in mine)
+            lo, hi = wilson(k, n)
+            entry = {"pretraining": arm, "agent": agent, "seeds": len(mine), "episodes": n,
+                     "success_rate": k / n, "ci_low": lo, "ci_high": hi}
+            if arm != "none":
+                entry["vs_none"] = paired_vs_none(outcomes, arm, agent, cfg.seeds)
+            pooled.append(entry)
+    root = cfg.root
+    root.mkdir(parents=True, exist_ok=True)
+    write_csv(root / "summary.csv", rows)
+    atomic_write_text(root / "summary.json", json.dumps({"cells": rows, "pooled": pooled},
+                                                        indent=2))
+    atomic_write_text(root / "summary.md", markdown(cfg, rows, pooled))
+    if pooled:
+        bar_chart(root / "summary.png", pooled, cfg)
+    return {"cells": rows, "pooled": pooled}
+
+
+def paired_vs_none(outcomes: dict, arm: str, agent: str, seeds) -> dict[str, Any] | None:
+    """Pairs of (arm, none) outcomes on the same seed and test episode, pooled over seeds."""
+    a = b = c = d = 0
+    for seed in seeds:
+        mine, base = outcomes.get((arm, agent, seed)), outcomes.get(("none", agent, seed))
+        if mine is None or base is None:
+            continue
+        for ep in set(mine) & set(base):
+            x, y = mine[ep], base[ep]
+            a += x and y
+            b += x and not y
+            c += y and not x
+            d += not x and not y
+    if a + b + c + d == 0:
+        return None
+    diff, lo, hi = newcombe_paired(a, b, c, d)
+    return {"pairs": a + b + c + d, "difference": diff, "ci_low": lo, "ci_high": hi,
+            "only_pretrained": b, "only_none": c}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = ["pretraining", "agent", "seed", "episodes", "successes", "success_rate", "ci_low",
+              "ci_high", "finetune_wall_s", "pretrain_wall_s"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp, path)
+
+
+def markdown(cfg: ExperimentConfig, rows: list[dict], pooled: list[dict]) -> str:
+    pct = lambda x: f"{100 * x:.1f}"
+    out = [f"# {cfg.name}: test success on {cfg.eval_env} (episodes from reset seed "
+           f"{cfg.test_seed})", "", "| pretraining | agent | seeds | episodes | success % | "
+           "95 % CI (pooled) | per seed % [95 % CI] | vs none: difference [95 % CI] |",
+           "|---|---|---|---|---|---|---|---|"]
+    for p in pooled:
+        per = "; ".join(f"{pct(r['success_rate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}]"
+                        for r in rows if r["pretraining"] == p["pretraining"]
+                        and r["agent"] == p["agent"])
+        vs = p.get("vs_none")
+        diff = (f"{100 * vs['difference']:+.1f} [{100 * vs['ci_low']:+.1f}, "
+                f"{100 * vs['ci_high']:+.1f}] ({vs['pairs']} pairs)") if vs else "-"
+        out.append(f"| {p['pretraining']} | {p['agent']} | {p['seeds']} | {p['episodes']} | "
+                   f"{pct(p['success_rate'])} | {pct(p['ci_low'])}-{pct(p['ci_high'])} | {per} | "
+                   f"{diff} |")
+    walls = [r["finetune_wall_s"] + r["pretrain_wall_s"] for r in rows]
+    if walls:
+        out += ["", f"Wall time per cell (pretraining + fine-tuning + test evaluation): "
+                    f"{min(walls):.0f}-{max(walls):.0f} s."]
+    return "\n".join(out) + "\n"
+
+
+def bar_chart(path: Path, pooled: list[dict], cfg: ExperimentConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in cfg.pretrainings if any(p["pretraining"] == a for p in pooled)]
+    agents = [a for a in cfg.agents if any(p["agent"] == a for p in pooled)]
+    width = 0.8 / max(len(agents), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(arms) * max(len(agents), 1) * 0.6, 3.2))
+    for j, agent in enumerate(agents):
+        xs, ys, lo, hi = [], [], [], []
+        for i, arm in enumerate(arms):
+            p = next((p for p in pooled if p["pretraining"] == arm and p["agent"] == agent), None)
+            if p is None:
+                continue
+            xs.append(i + (j - (len(agents) - 1) / 2) * width)
+            ys.append(100 * p["success_rate"])
+            lo.append(100 * (p["success_rate"] - p["ci_low"]))
+            hi.append(100 * (p["ci_high"] - p["success_rate"]))
+        ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=3, label=agent)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("test success % (pooled, Wilson 95 %)")
+    ax.set_title(f"{cfg.name}: {cfg.eval_env}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None]) -> tuple[Path, Path]:
+    from sim.generate import RobotDataConfig, VideoDataConfig, generate_robot, generate_video
+    from vptr.config import build_config
+
+    extra = {"data_dir": str(cfg.data_dir)} if cfg.data_dir else {}
+    vcfg = build_config(VideoDataConfig, {**cfg.video, **extra}, where="video")
+    rcfg = build_config(RobotDataConfig, {**cfg.robot, **extra}, where="robot")
+    needs_video = any(a != "none" for a in cfg.pretrainings)
+    video = generate_video(vcfg, log=lambda m: None)[0] if needs_video else None
+    robot = generate_robot(rcfg, log=lambda m: None)[0]
+    log(f"data: video {video}, robot {robot}")
+    return video, robot
+
+
+def validate_cells(cells: list[Cell]) -> None:
+    """Build every cell's run config before anything runs (a typo fails now, not in hour 3)."""
+    from vptr.config import build_config
+    from vptr.train.finetune_loop import FinetuneConfig
+    from vptr.train.pretrain_loop import PretrainConfig
+
+    for cell in cells:
+        cls = PretrainConfig if cell.kind == "pretrain" else FinetuneConfig
+        values = dict(cell.config)
+        if cell.needs:
+            values["encoder.init"] = ""  # the pretraining run does not exist yet
+        build_config(cls, values, where=cell.id)
+
+
+def run(cfg: ExperimentConfig) -> int:
+    if cfg.summary_only:
+        cells = plan(cfg, Path("video"), Path("robot"))
+        stored = {c.id: c for c in stored_cells(cfg)}
+        cells = [stored.get(c.id, c) for c in cells]
+    else:
+        validate_cells(plan(cfg, Path("video"), Path("robot")))  # before any work
+        video, robot = prepare_data(cfg, print)
+        cells = plan(cfg, video, robot)
+        counts = run_cells(cfg, cells)
+        print(f"cells: {counts['ran']} run now, {counts['done_before']} done before, "
+              f"{counts['locked']} running elsewhere, {counts['blocked']} waiting for a "
+              f"pretraining")
+    summary = summarize(cfg, cells)
+    print(f"summary of {len(summary['cells'])} fine-tuning cells: {cfg.root / 'summary.md'}")
+    print((cfg.root / "summary.md").read_text())
+    return 0
+
+
+def stored_cells(cfg: ExperimentConfig) -> list[Cell]:
+    """The cells recorded on disk (for --summary-only: their keys come from their records)."""
+    out = []
+    for path in sorted((cfg.root / "cells").rglob(CELL_FILE)):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        cell = Cell(rec["id"], rec["kind"], rec["arm"], int(rec["seed"]), rec.get("agent", ""),
+                    rec.get("config", {}))
+        if cell.kind == "finetune" and cell.arm != "none":
+            cell.needs = f"pretrain/{cell.arm}/seed{cell.seed}"
+        out.append(cell)
+    return out
