@@ -80,7 +80,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "Loads the artifact (checksums verified, no training code), checks it against the "
         "robot (every mismatch listed; nothing moves on a mismatch) and runs episodes through "
         "the chunk executor (chunk, receding, ensemble, async or rtc), the safety filter "
-        "(limits from the robot's spec; --no-limits must be asked for) and the fixed-rate "
+        "(limits from the robot's spec; --unlimited must be asked for) and the fixed-rate "
         "loop with watchdog and e-stop (SIGUSR1, Ctrl-C). Robots: sim:<task>, "
         "lerobot:<type>, ur:<host>, mock. Prints a status line per episode and a report: "
         "success, loop rate, jitter, inference latency, boundary stalls, interventions."),

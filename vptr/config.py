@@ -113,6 +113,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
         flag = "--" + name.replace("_", "-")
         kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text + shown)
         if tp is bool:
+            if f.name.startswith("no_"):  # argparse reads "--no-x" as the negation: x = False
+                raise TypeError(f"{cls.__name__}.{f.name}: a boolean option may not start with "
+                                "no_ (--no-... would set it False); name it positively")
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
         if get_origin(tp) is tuple:

@@ -1,7 +1,7 @@
 """``vptr deploy``: run an exported policy on a robot through the full stack.
 
 artifact (:mod:`vptr.runtime.artifact`, checksums verified) -> chunk executor -> safety
-filter (limits from the robot's spec, on unless ``--no-limits``) -> fixed-rate control
+filter (limits from the robot's spec, on unless ``--unlimited``) -> fixed-rate control
 loop (watchdog, e-stop on SIGUSR1 or Ctrl-C) -> robot (:mod:`robots`). The policy must
 match the robot: every mismatch (state names, cameras and their shapes, actions, rate)
 is listed and the command refuses to start.
@@ -61,7 +61,7 @@ class DeployConfig:
     max_guidance_weight: float = helpfield(10.0, "rtc: clip of the guidance weight (beta)")
     max_step: float = helpfield(0.0, "per-step change limit (required for robots whose spec "
                                          "has none; otherwise it can only tighten the spec's)")
-    no_limits: bool = helpfield(False, "run WITHOUT the safety filter's limits (NaN guard "
+    unlimited: bool = helpfield(False, "run WITHOUT the safety filter's limits (NaN guard "
                                        "stays; not recommended)")
     realtime: bool = helpfield(True, "sim: pace the loop by the wall clock (false: simulated "
                                      "time, as fast as it computes)")
@@ -225,7 +225,7 @@ def deploy(cfg: DeployConfig, out=sys.stdout) -> dict[str, Any]:
             if i and hasattr(robot, "reset"):
                 robot.reset(cfg.seed + i)
             policy.reset()
-            safety = SafetyFilter(robot.spec.action, rate_hz=rate, unlimited=cfg.no_limits,
+            safety = SafetyFilter(robot.spec.action, rate_hz=rate, unlimited=cfg.unlimited,
                                   max_step=step_limit(cfg, robot.spec.action))
             delay = (cfg.simulated_delay if not cfg.realtime and cfg.executor in ("async", "rtc")
                      else None)
@@ -256,7 +256,7 @@ def deploy(cfg: DeployConfig, out=sys.stdout) -> dict[str, Any]:
         robot.disconnect()
     report = summarize(episodes, rate, cfg.realtime)
     report.update(policy=str(cfg.policy), robot=cfg.robot, executor=cfg.executor,
-                  limits="off" if cfg.no_limits else "on", seed=cfg.seed)
+                  limits="off" if cfg.unlimited else "on", seed=cfg.seed)
     if cfg.report is not None:
         Path(cfg.report).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.report).write_text(json.dumps(report, indent=2))

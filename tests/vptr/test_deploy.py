@@ -95,3 +95,16 @@ def test_max_step_can_only_tighten_the_robots_own_limits(sim_policy):
     cfg = DeployConfig(policy=sim_policy, max_step=1.5)
     np.testing.assert_array_equal(step_limit(cfg, action), [1.0, 1.0, 1.0, 1.0, 1.5])
     assert step_limit(DeployConfig(policy=sim_policy), action) is None
+
+
+def test_limits_are_off_only_when_asked_for_on_the_command_line(sim_policy, tmp_path):
+    from vptr.cli import build_parser
+
+    def parsed(*argv):
+        ns = build_parser().parse_args(["deploy", "--policy", str(sim_policy), *argv])
+        return getattr(ns, "unlimited", False)
+
+    assert parsed() is False and parsed("--unlimited") is True
+    report = deploy(DeployConfig(policy=sim_policy, robot="sim:reach", max_steps=3, realtime=False,
+                                 unlimited=True), out=open(os.devnull, "w"))
+    assert report["limits"] == "off"
