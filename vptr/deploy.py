@@ -61,8 +61,9 @@ class DeployConfig:
     max_guidance_weight: float = helpfield(10.0, "rtc: clip of the guidance weight (beta)")
     max_step: float = helpfield(0.0, "per-step change limit (required for robots whose spec "
                                          "has none; otherwise it can only tighten the spec's)")
-    unlimited: bool = helpfield(False, "run WITHOUT the safety filter's limits (NaN guard "
-                                       "stays; not recommended)")
+    unlimited: bool = helpfield(False, "run WITHOUT the safety filter's range and per-step "
+                                       "limits (the NaN guard and stale-observation hold stay; "
+                                       "not recommended)")
     realtime: bool = helpfield(True, "sim: pace the loop by the wall clock (false: simulated "
                                      "time, as fast as it computes)")
     simulated_delay: int = helpfield(1, "--no-realtime with async/rtc: control periods an "
@@ -225,8 +226,13 @@ def deploy(cfg: DeployConfig, out=sys.stdout) -> dict[str, Any]:
             if i and hasattr(robot, "reset"):
                 robot.reset(cfg.seed + i)
             policy.reset()
-            safety = SafetyFilter(robot.spec.action, rate_hz=rate, unlimited=cfg.unlimited,
-                                  max_step=step_limit(cfg, robot.spec.action))
+            if cfg.unlimited:  # no range and no per-step limit; the NaN guard and the
+                # stale-observation hold stay (the robot's driver may still clip)
+                safety = SafetyFilter(robot.spec.action, rate_hz=rate, low=-np.inf, high=np.inf,
+                                      max_step=np.inf, unlimited=True)
+            else:
+                safety = SafetyFilter(robot.spec.action, rate_hz=rate,
+                                      max_step=step_limit(cfg, robot.spec.action))
             delay = (cfg.simulated_delay if not cfg.realtime and cfg.executor in ("async", "rtc")
                      else None)
             loop = ControlLoop(robot, policy.io, make_executor(policy, executor_config(cfg), delay),

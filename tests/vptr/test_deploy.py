@@ -108,3 +108,4 @@ def test_limits_are_off_only_when_asked_for_on_the_command_line(sim_policy, tmp_
     report = deploy(DeployConfig(policy=sim_policy, robot="sim:reach", max_steps=3, realtime=False,
                                  unlimited=True), out=open(os.devnull, "w"))
     assert report["limits"] == "off"
+    assert not {"rate", "clamp"} & set(report["interventions"])  # nothing limited
