@@ -58,6 +58,8 @@ class DeployConfig:
     task: str = helpfield("", "task string or index of a multi-task policy ('' = 0)")
     executor: str = helpfield("chunk", "chunk (open loop), receding, ensemble, async or rtc")
     execute: int = helpfield(0, "receding: actions executed before re-planning (0 = h/2)")
+    horizon: int = helpfield(0, "async/rtc: actions executed from a chunk before the next is "
+                                "requested (0 = h/4, at least 1)")
     max_guidance_weight: float = helpfield(10.0, "rtc: clip of the guidance weight (beta)")
     max_step: float = helpfield(0.0, "per-step change limit (required for robots whose spec "
                                          "has none; otherwise it can only tighten the spec's)")
@@ -78,7 +80,7 @@ class DeployConfig:
         if self.policy is None:
             raise ConfigError("--policy DIR: the artifact to deploy")
         if (self.episodes < 1 or self.max_steps < 0 or self.rate < 0 or self.max_step < 0
-                or self.threads < 0 or self.simulated_delay < 0):
+                or self.threads < 0 or self.simulated_delay < 0 or self.horizon < 0):
             raise ConfigError("episodes must be >= 1; max_steps, rate, max_step, threads >= 0")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, "
@@ -160,7 +162,7 @@ def executor_config(cfg: DeployConfig):
     from vptr.runtime import ExecutorConfig
 
     mode = "chunk" if cfg.executor == "chunk" else cfg.executor
-    return ExecutorConfig(mode=mode, execute=cfg.execute,
+    return ExecutorConfig(mode=mode, execute=cfg.execute, horizon=cfg.horizon,
                           max_guidance_weight=cfg.max_guidance_weight)
 
 
