@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     except VptrError as e:
         print(f"vptr: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if not e.filename:  # not a path the user gave: a bug, keep the traceback
+            raise
+        print(f"vptr: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("vptr: interrupted", file=sys.stderr)
         return 130

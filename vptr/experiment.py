@@ -540,6 +540,7 @@ def run(cfg: ExperimentConfig) -> int:
         cells = [stored.get(c.id, c) for c in cells]
     else:
         validate_cells(plan(cfg, Path("video"), Path("robot")))  # before any work
+        cfg.root.mkdir(parents=True, exist_ok=True)  # an unwritable --out-dir fails now
         video, robot = prepare_data(cfg, print)
         cells = plan(cfg, video, robot)
         counts = run_cells(cfg, cells)

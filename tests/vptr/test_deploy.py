@@ -109,3 +109,13 @@ def test_limits_are_off_only_when_asked_for_on_the_command_line(sim_policy, tmp_
                                  unlimited=True), out=open(os.devnull, "w"))
     assert report["limits"] == "off"
     assert not {"rate", "clamp"} & set(report["interventions"])  # nothing limited
+
+
+def test_an_unwritable_output_is_one_error_line_not_a_traceback(sim_policy, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    r = subprocess.run([sys.executable, "-m", "vptr", "export", "--policy", str(sim_policy),
+                        "--out", str(blocker / "artifact")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert str(blocker) in r.stderr
