@@ -280,14 +280,17 @@ class ArtifactPolicy(_Acting):
         self._observing = False
 
     def observe(self, obs: Mapping[str, np.ndarray]) -> None:
+        """Record this period's frames (the executor calls it every period)."""
         self._observing = True
+        self._push(obs)
+
+    def _push(self, obs: Mapping[str, np.ndarray]) -> None:
         for feature in self.camera_features:
             self.history.push(0, feature, obs[feature])
 
     def _encode_inputs(self, obs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         if not self._observing:
-            self.observe(obs)
-            self._observing = False
+            self._push(obs)  # called without observe(): each query is the next period
         state = None
         if self.state_features:
             state = np.asarray(obs[STATE_KEY], dtype=np.float32).reshape(1, -1)
