@@ -59,7 +59,7 @@ class DeployConfig:
     executor: str = helpfield("chunk", "chunk (open loop), receding, ensemble, async or rtc")
     execute: int = helpfield(0, "receding: actions executed before re-planning (0 = h/2)")
     horizon: int = helpfield(0, "async/rtc: actions executed from a chunk before the next is "
-                                "requested (0 = h/4, at least 1)")
+                                "requested (0 = h/4, at least 2)")
     max_guidance_weight: float = helpfield(10.0, "rtc: clip of the guidance weight (beta)")
     max_step: float = helpfield(0.0, "per-step change limit (required for robots whose spec "
                                          "has none; otherwise it can only tighten the spec's)")

@@ -61,7 +61,7 @@ class ExecutorConfig:
     mode: Mode = "async"
     execute: int = 0  # receding: actions executed before re-planning (0 = h // 2)
     ensemble_decay: float = 0.01  # ensemble: m in exp(-m i) (ACT's default)
-    horizon: int = 0  # async/rtc: actions executed from a chunk before requesting the next (0 = h // 4)
+    horizon: int = 0  # async/rtc: actions executed from a chunk before requesting the next (0 = h // 4, >= 2)
     margin: int = 2  # async/rtc: request early enough to land `margin` periods before the queue runs dry
     blend: Literal["linear", "none"] = "linear"  # async: crossfade of pending and new actions
     # rtc: decay of the prefix weights over the overlap. The paper's "exp" measured larger
@@ -271,7 +271,8 @@ class AsyncExecutor(Executor):
 
     def __init__(self, policy, cfg, simulated_delay: int | None = None):
         super().__init__(policy, cfg)
-        self.s = cfg.horizon or max(1, self.h // 4)
+        # at least 2: re-planning every period made a 5-action flow policy fail under RTC
+        self.s = cfg.horizon or min(self.h, max(2, self.h // 4))
         if not 1 <= self.s <= self.h:
             raise ConfigError(f"executor: horizon must be in [1, h={self.h}], got {self.s}")
         if simulated_delay is not None and (isinstance(simulated_delay, bool) or simulated_delay < 0):
