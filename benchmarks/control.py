@@ -9,7 +9,8 @@
    / max), with inference off the control thread (async executor, instant policy) --
    i.e. jitter excluding inference.
 2. Synchronous (open-loop chunk) vs asynchronous (background thread, overlap blending)
-   vs Real-Time Chunking on a flow policy whose consecutive chunks disagree (the
+   vs three inferences in flight ("async3", requests evenly spaced) vs Real-Time Chunking
+   on a flow policy whose consecutive chunks disagree (the
    reference Gaussian flow of vptr.runtime.reference, means alternating +-0.5: a 1.0
    jump at every seam unless the executor prevents it), with simulated inference
    latencies of a fraction of a chunk: time stalled at chunk boundaries (blocking
@@ -95,11 +96,12 @@ def execution(rate, h, fractions, seconds) -> list[dict]:
                      action=ActionSpec(names=("a",), low=(-5.0,), high=(5.0,), max_step=(5.0,)))
     chunk_s = h / rate
     for frac in fractions:
-        for mode in ("chunk", "async", "rtc"):
+        for mode in ("chunk", "async", "async3", "rtc"):
             robot = MockRobot(spec=spec)
             robot.connect()
             policy = disagreeing_flow(h, frac * chunk_s)
-            ex = make_executor(policy, ExecutorConfig(mode=mode))
+            ex = make_executor(policy, ExecutorConfig(mode=mode.rstrip("3"),
+                                                      inflight=3 if mode == "async3" else 1))
             loop = ControlLoop(robot, policy.io, ex, SafetyFilter(robot.spec.action, rate),
                                LoopConfig(rate_hz=rate, duration_s=seconds, **QUIET))
             r = loop.run()
@@ -193,7 +195,7 @@ def main() -> None:
     p.add_argument("--rates", default="20,50,100", help="loop rates (Hz) of part 1")
     p.add_argument("--exec-rate", type=float, default=20.0, help="loop rate (Hz) of part 2")
     p.add_argument("--chunk", type=int, default=16, help="chunk size h of part 2")
-    p.add_argument("--latencies", default="0.25,0.5", help="inference latency, fractions of a chunk")
+    p.add_argument("--latencies", default="0.25,0.5,0.75", help="inference latency, fractions of a chunk")
     p.add_argument("--calls", type=int, default=200, help="inference calls per policy in part 3")
     p.add_argument("--sizes", default="64,128", help="image sizes of part 3")
     p.add_argument("--tiny", action="store_true", help="0.5 s runs, one latency (a smoke test)")

@@ -22,5 +22,10 @@ def test_config_parses(path):
         build_config(RobotDataConfig, values, where=str(path))
     elif path.name.startswith("video"):
         build_config(VideoDataConfig, values, where=str(path))
+    elif path.parent.name == "experiments":
+        from vptr.experiment import ExperimentConfig, plan, validate_cells
+
+        grid = build_config(ExperimentConfig, values, where=str(path))
+        validate_cells(plan(grid, Path("video"), Path("robot")))  # every cell's run config
     else:
         pytest.fail(f"{path}: no config class is known for this file")

@@ -60,6 +60,8 @@ class DeployConfig:
     execute: int = helpfield(0, "receding: actions executed before re-planning (0 = h/2)")
     horizon: int = helpfield(0, "async/rtc: actions executed from a chunk before the next is "
                                 "requested (0 = h/4, at least 2)")
+    inflight: int = helpfield(1, "async: inferences in flight at once (n serve latencies up to "
+                                 "n / (n + 1) of a chunk)")
     max_guidance_weight: float = helpfield(10.0, "rtc: clip of the guidance weight (beta)")
     max_step: float = helpfield(0.0, "per-step change limit (required for robots whose spec "
                                          "has none; otherwise it can only tighten the spec's)")
@@ -162,7 +164,7 @@ def executor_config(cfg: DeployConfig):
     from vptr.runtime import ExecutorConfig
 
     mode = "chunk" if cfg.executor == "chunk" else cfg.executor
-    return ExecutorConfig(mode=mode, execute=cfg.execute, horizon=cfg.horizon,
+    return ExecutorConfig(mode=mode, execute=cfg.execute, horizon=cfg.horizon, inflight=cfg.inflight,
                           max_guidance_weight=cfg.max_guidance_weight)
 
 

@@ -51,6 +51,7 @@ from vptr.errors import ConfigError, DataError
 from vptr.files import atomic_write_text
 
 CELL_FILE = "cell.json"
+REPO = Path(__file__).resolve().parents[1]
 LOCK_FILE = ".lock"
 
 
@@ -163,7 +164,12 @@ def with_base_file(values: dict) -> dict:
 
     values = flatten(values)  # dotted keys throughout (tables and dotted keys both allowed)
     base = values.pop("config", None)
-    return values if base is None else {**flatten(load_toml(base)), **values}
+    if base is None:
+        return values
+    path = Path(base)
+    if not path.is_absolute() and not path.exists() and (REPO / path).exists():
+        path = REPO / path  # "configs/..." from anywhere, not only the repository root
+    return {**flatten(load_toml(path)), **values}
 
 
 def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None) -> list[Cell]:

@@ -39,6 +39,7 @@ last ``delay_window`` chunks.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections import deque
@@ -71,6 +72,9 @@ class ExecutorConfig:
     delay_window: int = 5  # rtc: frozen steps = the largest delay of the last N chunks
     soft: int = 0  # rtc: guided steps after the frozen ones, at least (0 = h // 4; held padding if need be)
     warmup: bool = True  # rtc: one guided sample in start() (autograd's first use is slow: ~1 s)
+    # async: inferences in flight at once (threads). One serves latencies up to half a chunk;
+    # n serve up to n / (n + 1) of a chunk (requests spaced ceil(delay / n) periods apart).
+    inflight: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -87,6 +91,11 @@ class ExecutorConfig:
             raise ConfigError(f"executor: max_guidance_weight must be > 0, got {self.max_guidance_weight}")
         if self.delay_window < 1:
             raise ConfigError(f"executor: delay_window must be >= 1, got {self.delay_window}")
+        if isinstance(self.inflight, bool) or not isinstance(self.inflight, int) or self.inflight < 1:
+            raise ConfigError(f"executor: inflight must be an integer >= 1, got {self.inflight!r}")
+        if self.inflight > 1 and self.mode != "async":
+            raise ConfigError("executor: inflight > 1 is for mode 'async' (RTC inpaints on the "
+                              "pending actions, which a chunk still in flight would change)")
 
 
 @dataclasses.dataclass
@@ -281,11 +290,14 @@ class AsyncExecutor(Executor):
         self._cond = threading.Condition()
         self._latest: tuple[dict, int, float] | None = None  # (obs, next period, wall time)
         self._latest_seq = self._used_seq = 0
-        self._sim_job: tuple[_Job, np.ndarray] | None = None
+        self._sim_jobs: list[tuple[_Job, np.ndarray]] = []
+        self._inflight = 0  # requests begun and not yet landed
+        self._last_i0 = 0  # first period of the newest request
+        self._landed_i0 = 0  # first period of the newest chunk in the queue
         self._recent: deque[int] = deque(maxlen=cfg.delay_window)
         self._error: BaseException | None = None
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.requests: list[dict[str, Any]] = []  # i0, pending and frozen counts of each request
 
     @property
@@ -296,9 +308,11 @@ class AsyncExecutor(Executor):
     def start(self, obs, period_s=None):
         super().start(obs, period_s)
         self._warm_up(obs)
-        if self.simulated_delay is None and self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="vptr-inference", daemon=True)
-            self._thread.start()
+        if self.simulated_delay is None and not self._threads:
+            for k in range(self.cfg.inflight):
+                thread = threading.Thread(target=self._work, name=f"vptr-inference-{k}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def step(self, obs, elapsed=1):
         with self._cond:
@@ -323,7 +337,14 @@ class AsyncExecutor(Executor):
     def _should_request(self) -> bool:
         if self._latest is None or self._latest_seq == self._used_seq:
             return False  # plan only from an observation not used yet
+        if self._inflight >= self.cfg.inflight:
+            return False
         i0 = self._latest[1]
+        if self._inflight:  # another one in flight (inflight > 1): evenly spaced requests,
+            # every `horizon` periods until a landing has measured the delay
+            spacing = (max(1, math.ceil(self.delay_estimate / self.cfg.inflight)) if self._recent
+                       else self.s)
+            return i0 - self._last_i0 >= spacing
         executed = i0 - self._q0  # of the current chunk, by the observation's next period
         remaining = self._q0 + len(self._q) - i0
         return executed >= self.s or remaining <= self.delay_estimate + self.cfg.margin
@@ -336,6 +357,8 @@ class AsyncExecutor(Executor):
     def _begin(self) -> _Job:
         obs, i0, _ = self._latest
         self._used_seq = self._latest_seq
+        self._inflight += 1
+        self._last_i0 = i0
         job = _Job(obs=obs, i0=i0)
         self.requests.append({"i0": i0, "t": self.t})
         return job
@@ -344,6 +367,7 @@ class AsyncExecutor(Executor):
         return self.policy(job.obs)
 
     def _complete(self, job: _Job, chunk: np.ndarray, latency: float) -> None:
+        self._inflight -= 1
         chunk = self._check(chunk)
         d = self.t - job.i0  # actions popped since the request: the index delta
         self.stats.inferences += 1
@@ -351,9 +375,10 @@ class AsyncExecutor(Executor):
         self.stats.delays.append(d)
         self._recent.append(d)
         new = chunk[d:]
-        if len(new) == 0:  # landed after its whole chunk: stale
-            self.stats.dropped += len(chunk)
+        if len(new) == 0 or job.i0 <= self._landed_i0:  # stale, or a newer plan landed first
+            self.stats.dropped += len(new)
             return
+        self._landed_i0 = job.i0
         self._set_queue(self._merge(self.pending(), new.copy()), self.t)
 
     def _merge(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -364,14 +389,13 @@ class AsyncExecutor(Executor):
         return new
 
     def _simulate(self) -> None:
-        if self._sim_job is not None and self.t >= self._sim_job[0].due:
-            job, chunk = self._sim_job
-            self._sim_job = None
+        while self._sim_jobs and self.t >= self._sim_jobs[0][0].due:
+            job, chunk = self._sim_jobs.pop(0)
             self._complete(job, chunk, 0.0)
-        if self._sim_job is None and self._should_request():
+        if self._should_request():
             job = self._begin()
             job.due = job.i0 + self.simulated_delay
-            self._sim_job = (job, self._call(job))
+            self._sim_jobs.append((job, self._call(job)))
 
     def _work(self) -> None:
         while True:
@@ -402,9 +426,9 @@ class AsyncExecutor(Executor):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)  # a stalled policy keeps its daemon thread; we move on
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout=1.0)  # a stalled policy keeps its daemon thread; we move on
+        self._threads = []
 
 
 class RTCExecutor(AsyncExecutor):

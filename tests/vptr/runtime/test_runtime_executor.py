@@ -106,6 +106,32 @@ def test_no_period_goes_without_a_command_with_half_a_chunk_of_latency(mode, h):
     assert None in run(slow, 10 * h)
 
 
+@pytest.mark.parametrize(("delay", "inflight"), [(5, 2), (6, 3)])  # the fewest that serve it
+def test_several_inferences_in_flight_serve_any_latency_shorter_than_a_chunk(delay, inflight):
+    h = 8  # one inference at a time serves up to h / 2 = 4 periods of latency
+    ex = make_executor(CountingPolicy(h=h), ExecutorConfig(mode="async", inflight=inflight),
+                       simulated_delay=delay)
+    ex.start(OBS)
+    got = run(ex, 12 * h)
+    assert None not in got and ex.stats.empty_steps == 0, ex.stats
+    assert set(ex.stats.delays) == {delay}
+    # every executed action comes from the newest chunk that had landed: never older
+    chunk_ids = [int(a // 1000) for a in got]
+    assert chunk_ids == sorted(chunk_ids)
+    # one fewer in flight than needed stalls
+    few = make_executor(CountingPolicy(h=h), ExecutorConfig(mode="async", inflight=inflight - 1),
+                        simulated_delay=delay)
+    few.start(OBS)
+    assert None in run(few, 12 * h)
+
+
+def test_inflight_is_for_async_only():
+    with pytest.raises(ConfigError, match="inflight"):
+        ExecutorConfig(mode="rtc", inflight=2)
+    with pytest.raises(ConfigError, match="inflight"):
+        ExecutorConfig(mode="async", inflight=0)
+
+
 @pytest.mark.parametrize("delay", [2, 5, 8])
 def test_rtc_has_no_seam_jump_larger_than_the_step_limit_when_chunks_disagree(delay):
     limit = 0.15  # the consecutive chunks' means differ by 1.0
@@ -178,6 +204,25 @@ def test_a_policy_error_in_the_inference_thread_reaches_the_control_thread():
 
 
 # ----------------------------------------------------------------------- real threads
+
+
+def test_threads_in_flight_serve_more_than_half_a_chunk_of_latency():
+    rate, h = 10.0, 8  # a chunk lasts 0.8 s; each inference takes 0.48 s (more than half)
+    latency = 0.6 * h / rate
+    for _attempt in range(3):
+        policy = LatencyPolicy(h, latency, state=("a",))
+        robot = one_joint_robot(rate)
+        executor = make_executor(policy, ExecutorConfig(mode="async", inflight=3))
+        loop = ControlLoop(robot, policy.io, executor, SafetyFilter(robot.spec.action, rate),
+                           LoopConfig(rate_hz=rate, max_steps=40, stop_after_s=5.0, handle_sigint=False,
+                                      estop_signal=None))
+        report = loop.run()
+        if report.missed == 0 and max(report.jitter_s) < 0.5 / rate:
+            break
+    else:
+        pytest.skip("the machine was too loaded for a real-time run (the loop itself missed deadlines)")
+    assert report.steps == 40 and report.holds == 0 and executor.stats.empty_steps == 0, executor.stats
+    assert min(executor.stats.latencies_s) >= 0.48 and executor.stats.inferences >= 8
 
 
 @pytest.mark.parametrize("mode", ["async", "rtc"])
