@@ -69,8 +69,16 @@ def git_commit() -> dict[str, Any]:
 
 
 def newest_eval(run: Path) -> dict[str, Any] | None:
-    """The most recent evaluation report of a run (training-time or ``vptr eval``)."""
-    reports = sorted((run / "eval").rglob("*.json"), key=lambda p: p.stat().st_mtime)
+    """The evaluation of a run's final policy: the newest ``vptr eval`` report, else the
+    training-time report of the highest step."""
+    def order(path: Path) -> tuple[int, int, float]:
+        # `vptr eval` reports (of the final policy) first, then training-time ones by step
+        step = path.stem.removeprefix("step_")
+        if step.isdigit():
+            return (0, int(step), path.stat().st_mtime)
+        return (1, 0, path.stat().st_mtime)
+
+    reports = sorted((run / "eval").rglob("*.json"), key=order)
     for path in reversed(reports):
         try:
             r = json.loads(path.read_text())

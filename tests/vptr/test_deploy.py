@@ -119,3 +119,16 @@ def test_an_unwritable_output_is_one_error_line_not_a_traceback(sim_policy, tmp_
                        timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(blocker) in r.stderr
+
+
+def test_export_provenance_names_the_final_policys_evaluation(tmp_path):
+    from vptr.export import newest_eval
+
+    ev = tmp_path / "eval"
+    (ev / "vptr_Lift-v0").mkdir(parents=True)
+    for step, rate in ((2, 0.1), (10, 0.9), (4, 0.3)):
+        (ev / f"step_{step:07d}.json").write_text(json.dumps({"success_rate": rate, "episodes": 5}))
+    assert newest_eval(tmp_path)["success_rate"] == 0.9  # the highest step, whatever the mtimes
+    (ev / "vptr_Lift-v0" / "report.json").write_text(json.dumps({"success_rate": 0.8,
+                                                                  "episodes": 50}))
+    assert newest_eval(tmp_path)["episodes"] == 50  # a `vptr eval` of the final policy wins
