@@ -206,21 +206,28 @@ def test_a_policy_error_in_the_inference_thread_reaches_the_control_thread():
 # ----------------------------------------------------------------------- real threads
 
 
+def run_in_real_time(make_policy, cfg: ExecutorConfig, rate: float, steps: int):
+    """(report, executor) of a real-clock loop run; retried, and the test skipped, when a
+    shared machine starved the loop itself (only a run that kept its own deadlines says
+    anything about the executor)."""
+    for _attempt in range(3):
+        policy = make_policy()
+        robot = one_joint_robot(rate)
+        executor = make_executor(policy, cfg)
+        loop = ControlLoop(robot, policy.io, executor, SafetyFilter(robot.spec.action, rate),
+                           LoopConfig(rate_hz=rate, max_steps=steps, stop_after_s=5.0,
+                                      handle_sigint=False, estop_signal=None))
+        report = loop.run()
+        if report.missed == 0 and max(report.jitter_s) < 0.5 / rate:
+            return report, executor
+    pytest.skip("the machine was too loaded for a real-time run (the loop itself missed deadlines)")
+
+
 def test_threads_in_flight_serve_more_than_half_a_chunk_of_latency():
     rate, h = 10.0, 8  # a chunk lasts 0.8 s; each inference takes 0.48 s (more than half)
     latency = 0.6 * h / rate
-    for _attempt in range(3):
-        policy = LatencyPolicy(h, latency, state=("a",))
-        robot = one_joint_robot(rate)
-        executor = make_executor(policy, ExecutorConfig(mode="async", inflight=3))
-        loop = ControlLoop(robot, policy.io, executor, SafetyFilter(robot.spec.action, rate),
-                           LoopConfig(rate_hz=rate, max_steps=40, stop_after_s=5.0, handle_sigint=False,
-                                      estop_signal=None))
-        report = loop.run()
-        if report.missed == 0 and max(report.jitter_s) < 0.5 / rate:
-            break
-    else:
-        pytest.skip("the machine was too loaded for a real-time run (the loop itself missed deadlines)")
+    report, executor = run_in_real_time(lambda: LatencyPolicy(h, latency, state=("a",)),
+                                        ExecutorConfig(mode="async", inflight=3), rate, 40)
     assert report.steps == 40 and report.holds == 0 and executor.stats.empty_steps == 0, executor.stats
     assert min(executor.stats.latencies_s) >= 0.48 and executor.stats.inferences >= 8
 
@@ -229,21 +236,12 @@ def test_threads_in_flight_serve_more_than_half_a_chunk_of_latency():
 def test_threaded_inference_with_half_a_chunk_of_latency_leaves_no_period_without_a_command(mode):
     rate, h = 10.0, 8  # a chunk lasts 0.8 s; each inference takes 0.4 s in all
     latency = 0.5 * h / rate
-    for _attempt in range(3):
-        policy = (disagreeing_flow(h=h, latency_s=latency, state=("a",)) if mode == "rtc"
-                  else LatencyPolicy(h, latency, state=("a",)))
-        robot = one_joint_robot(rate)
-        executor = make_executor(policy, ExecutorConfig(mode=mode))
-        loop = ControlLoop(robot, policy.io, executor, SafetyFilter(robot.spec.action, rate),
-                           LoopConfig(rate_hz=rate, max_steps=32, stop_after_s=5.0, handle_sigint=False,
-                                      estop_signal=None))
-        report = loop.run()
-        # A shared machine can starve the process; only a run whose own loop kept its
-        # deadlines says anything about the executor.
-        if report.missed == 0 and max(report.jitter_s) < 0.5 / rate:
-            break
-    else:
-        pytest.skip("the machine was too loaded for a real-time run (the loop itself missed deadlines)")
+
+    def policy():
+        return (disagreeing_flow(h=h, latency_s=latency, state=("a",)) if mode == "rtc"
+                else LatencyPolicy(h, latency, state=("a",)))
+
+    report, executor = run_in_real_time(policy, ExecutorConfig(mode=mode), rate, 32)
     assert report.steps == 32 and report.stop_reason == "max_steps"
     assert executor.stats.inferences >= 5
     assert report.holds == 0 and executor.stats.empty_steps == 0, executor.stats
