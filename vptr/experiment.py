@@ -41,7 +41,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,19 +375,15 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float, float
 # --------------------------------------------------------------------------- summary
 
 
-def _finetune_records(cfg: ExperimentConfig, cells: list[Cell]) -> Iterator[tuple[Cell, dict]]:
-    for cell in cells:
-        if cell.kind == "finetune":
-            record = read_cell(cfg, cell)
-            if record is not None:
-                yield cell, record
-
-
 def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
     """Write summary.{csv,md,json,png} from the done fine-tuning cells."""
     rows, outcomes = [], {}
-    walls = {c.id: r["wall_s"] for c in cells if (r := read_cell(cfg, c)) is not None}
-    for cell, rec in _finetune_records(cfg, cells):
+    records = {c.id: r for c in cells if (r := read_cell(cfg, c)) is not None}  # read once
+    walls = {cid: r["wall_s"] for cid, r in records.items()}
+    for cell in cells:
+        rec = records.get(cell.id)
+        if cell.kind != "finetune" or rec is None:
+            continue
         res = rec["result"]
         k, n = sum(res["successes"]), len(res["successes"])
         lo, hi = wilson(k, n)

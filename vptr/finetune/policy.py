@@ -18,7 +18,7 @@ import torch
 
 from vptr.finetune import get_agent
 from vptr.nets.policy import ActorConfig, ChunkActor
-from vptr.runtime.artifact import SimPolicy, env_key, write_artifact
+from vptr.runtime.artifact import SimPolicy, env_key, normalization_of, write_artifact
 
 __all__ = ["actor_of", "artifact_document", "env_key", "load_policy", "save_policy",
            "sim_policy"]
@@ -75,11 +75,11 @@ def artifact_document(actor: ChunkActor, meta: Mapping[str, Any]) -> dict[str, A
                                  f"the last {spec.frame_stack} control periods' frames stacked "
                                  "channels-first, oldest first"} for c in spec.cameras]
     action_names = list(meta.get("action_names") or [f"action[{i}]" for i in range(spec.action_dim)])
-    lo = (actor.action_norm.shift - actor.action_norm.scale).tolist()
-    hi = (actor.action_norm.shift + actor.action_norm.scale).tolist()
+    data_range = normalization_of(actor)["action"]
     return {"agent": meta.get("agent"),
             "observation": {"state": state, "cameras": cameras},
-            "action": {"names": action_names, "data_min": lo, "data_max": hi,
+            "action": {"names": action_names, "data_min": data_range["min"],
+                       "data_max": data_range["max"],
                        **action_conventions(action_names)},
             "rate_hz": float(meta["fps"]) if meta.get("fps") else None,
             "tasks": list(meta.get("tasks", [])),
