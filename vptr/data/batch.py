@@ -9,7 +9,9 @@ A batch of B samples with frame stack S holds
 - for each image key the int64 (B,) frame-store row of its newest frame, under
   :data:`INDEX_KEYS` (so objectives can encode each distinct frame once and decide
   "reached" by index, never by pixels);
-- bool (B,) ``goal_reached`` (obs_index == goal_index) and ``intent_reached``;
+- bool (B,) ``goal_reached`` (obs_index == goal_index) and ``intent_reached``, and
+  ``near_valid`` / ``far_valid``: whether the time-contrastive ``near_obs`` / ``far_obs``
+  exist for that sample (:func:`vptr.data.sampling.sample_near_far_times`);
 - int64 (B,) ``traj_index`` (position in the store), ``t``, ``traj_len``.
 """
 
@@ -26,9 +28,11 @@ INDEX_KEYS: dict[str, str] = {
     "future_obs": "future_index",
     "initial_obs": "initial_index",
     "final_obs": "final_index",
+    "near_obs": "near_index",
+    "far_obs": "far_index",
 }
 IMAGE_KEYS: tuple[str, ...] = tuple(INDEX_KEYS)
-FLAG_KEYS: tuple[str, ...] = ("goal_reached", "intent_reached")
+FLAG_KEYS: tuple[str, ...] = ("goal_reached", "intent_reached", "near_valid", "far_valid")
 POSITION_KEYS: tuple[str, ...] = ("traj_index", "t", "traj_len")
 INT_KEYS: tuple[str, ...] = (*INDEX_KEYS.values(), *POSITION_KEYS)
 

@@ -11,7 +11,7 @@ Batches follow the batch contract of :mod:`vptr.data.batch`.
 
 With ``SamplerConfig.shift_pad > 0`` every image gets its own random shift (a stacked
 frame shifts as a whole; keys and samples independently), as DrQ / the ICVF release do. The
-seven image tensors of a batch are views of one buffer (one transfer from a worker).
+image tensors of a batch are views of one buffer (one transfer from a worker).
 """
 
 from __future__ import annotations
@@ -24,21 +24,25 @@ from vptr.data.augment import shift_numpy
 from vptr.data.batch import FLAG_KEYS, IMAGE_KEYS, INT_KEYS
 from vptr.data.cache import FrameStore
 from vptr.data.config import SamplerConfig
-from vptr.data.sampling import sample_index_batch
+from vptr.data.sampling import NEAR_WINDOW, sample_index_batch
 from vptr.errors import DataError
 
 
 class PretrainSampler:
-    """Draws batches following the batch contract from ``store``."""
+    """Draws batches following the batch contract from ``store``; ``near_window`` is the
+    window of the time-contrastive near frame (the tcn objective's ``positive_window``)."""
 
     def __init__(self, store: FrameStore, cfg: SamplerConfig | None = None, seed: int = 0,
-                 rank: int = 0):
+                 rank: int = 0, near_window: int = NEAR_WINDOW):
         if len(store) == 0:
             raise DataError(f"{store.path}: the frame store has no trajectories to sample")
+        if near_window < 1:
+            raise ValueError(f"near_window must be >= 1, got {near_window}")
         self.store = store
         self.cfg = cfg or SamplerConfig()
         self.seed = int(seed)
         self.rank = int(rank)
+        self.near_window = int(near_window)
 
     def rng(self, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.rank, int(step)])
@@ -46,7 +50,7 @@ class PretrainSampler:
     def sample_indices(self, batch_size: int, step: int) -> dict[str, np.ndarray]:
         """Indices only (no pixels) of batch ``step``; see sampling.sample_index_batch."""
         return sample_index_batch(self.rng(step), self.store.offsets, self.store.lengths,
-                                  self.cfg, batch_size)
+                                  self.cfg, batch_size, self.near_window)
 
     def sample(self, batch_size: int, step: int) -> dict[str, torch.Tensor]:
         """Batch number ``step`` (same seed, rank and step -> identical batch)."""
@@ -54,7 +58,7 @@ class PretrainSampler:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         rng = self.rng(step)
         idx = sample_index_batch(rng, self.store.offsets, self.store.lengths, self.cfg,
-                                 batch_size)
+                                 batch_size, self.near_window)
         rows = idx["rows"]  # (K, B, S)
         k, b, s = rows.shape
         # Read each distinct frame once, in file order, and make it channels-first in numpy
@@ -99,21 +103,24 @@ class BatchStream(IterableDataset):
 def make_loader(store: FrameStore, cfg: SamplerConfig | None, batch_size: int, seed: int = 0,
                 start_step: int = 0, num_workers: int = 0, num_steps: int | None = None,
                 rank: int = 0, pin_memory: bool = False,
-                multiprocessing_context: str | None = None) -> DataLoader:
+                multiprocessing_context: str | None = None,
+                near_window: int = NEAR_WINDOW) -> DataLoader:
     """A DataLoader of pretraining batches (already batched: ``batch_size=None``).
 
     Batches arrive in step order ``start_step, start_step+1, ...`` (``num_steps`` of them, or
-    forever), identical to ``PretrainSampler(store, cfg, seed, rank).sample(batch_size,
-    step)`` for any ``num_workers``. Workers share the memory-mapped frames through the OS
-    page cache (a pickled store carries only its index). ``multiprocessing_context`` is
-    passed to the DataLoader (default: the platform's, fork on Linux).
+    forever), identical to ``PretrainSampler(store, cfg, seed, rank, near_window)
+    .sample(batch_size, step)`` for any ``num_workers``. Workers share the memory-mapped
+    frames through the OS page cache (a pickled store carries only its index).
+    ``multiprocessing_context`` is passed to the DataLoader (default: the platform's, fork
+    on Linux). ``near_window``: see :class:`PretrainSampler`.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    return stream_loader(PretrainSampler(store, cfg, seed, rank), batch_size, start_step,
-                         num_workers, num_steps, pin_memory, multiprocessing_context)
+    return stream_loader(PretrainSampler(store, cfg, seed, rank, near_window), batch_size,
+                         start_step, num_workers, num_steps, pin_memory,
+                         multiprocessing_context)
 
 
 def stream_loader(sampler, batch_size: int, start_step: int = 0, num_workers: int = 0,

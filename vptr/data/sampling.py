@@ -9,7 +9,10 @@ store. A sample is a time ``t`` in a trajectory plus the frames the objectives n
   2023, dibyaghosh/icvf_release ``GCSDataset.sample_goals``): the current frame with
   p_currgoal, a frame of the same trajectory uniform on [t, end] with p_trajgoal, a uniform
   frame of the whole dataset with p_randomgoal; then ``s+ = s_z`` with p_samegoal;
-- the first and last frame of the trajectory (VIP's s_0 and goal; Ma et al. 2023, Sec. 4).
+- the first and last frame of the trajectory (VIP's s_0 and goal; Ma et al. 2023, Sec. 4);
+- a time-contrastive pair: a near frame a few steps after ``t`` and a far frame of the same
+  trajectory farther from ``t`` than the near one (TCN / R3M's temporal term, Nair et al.
+  2022, Sec. 3.2; :func:`sample_near_far_times`).
 
 "Reached" is decided by frame index, never by pixels (spec: pretraining.md, Sampling).
 """
@@ -23,6 +26,9 @@ from vptr.data.config import SamplerConfig
 from vptr.errors import ConfigError
 
 GOAL_CURRENT, GOAL_TRAJECTORY, GOAL_RANDOM = 0, 1, 2
+# default window k of the near frame t+1 .. t+k ("a few steps later"; the tcn objective's
+# positive_window overrides it)
+NEAR_WINDOW = 3
 
 
 def sample_frames(rng: np.random.Generator, lengths: np.ndarray, n: int) -> tuple[np.ndarray,
@@ -78,6 +84,39 @@ def sample_future_times(rng: np.random.Generator, t: np.ndarray, traj_len: np.nd
     return np.minimum(t + j, last)
 
 
+def sample_near_far_times(rng: np.random.Generator, t: np.ndarray, traj_len: np.ndarray,
+                          window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Time-contrastive frames for anchors at time ``t``: (near_t, far_t, near_valid, far_valid).
+
+    - near: ``t + d``, d uniform on {1, ..., min(window, T-1-t)}: the window is truncated at
+      the trajectory end rather than the offset clipped, so no probability piles up on the
+      last frame. An anchor at the last frame has no later frame: near = t, near_valid False.
+    - far: uniform on the frames after the near one, near+1 .. T-1 (R3M samples its third
+      frame beyond its second). When the near frame is the last one, uniform on the frames
+      before the anchor farther from it than the near one, 0 .. t-d-1. Either way
+      |far - t| > |near - t| = d. When neither side has such a frame (the anchor is the last
+      frame, or the trajectory is too short) far = near and far_valid is False.
+
+    Every time is inside its trajectory; the flags say which frames an objective may use.
+    """
+    if window < 1:
+        raise ConfigError(f"the near-frame window must be >= 1, got {window}")
+    t = np.asarray(t, dtype=np.int64)
+    last = np.asarray(traj_len, dtype=np.int64) - 1
+    room = np.minimum(window, last - t)
+    near_valid = room >= 1
+    d = 1 + np.floor(rng.random(len(t)) * np.maximum(room, 1)).astype(np.int64)
+    near_t = np.where(near_valid, t + d, t)
+    after = last - near_t  # frames strictly after the near one
+    before = np.where(near_valid, t - (near_t - t), 0)  # frames 0 .. t-d-1
+    u = rng.random(len(t))
+    far_after = near_t + 1 + np.floor(u * np.maximum(after, 1)).astype(np.int64)
+    far_before = np.floor(u * np.maximum(before, 1)).astype(np.int64)
+    far_valid = near_valid & ((after > 0) | (before > 0))
+    far_t = np.where(after > 0, far_after, np.where(far_valid, far_before, near_t))
+    return near_t, far_t, near_valid, far_valid
+
+
 def stack_rows(offsets: np.ndarray, traj: np.ndarray, t: np.ndarray, stack: int) -> np.ndarray:
     """Frame-store rows (n, stack) of the frames stacked for (traj, t), oldest first
     (:func:`vptr.data.batch.stack_times`)."""
@@ -85,12 +124,15 @@ def stack_rows(offsets: np.ndarray, traj: np.ndarray, t: np.ndarray, stack: int)
 
 
 def sample_index_batch(rng: np.random.Generator, offsets: np.ndarray, lengths: np.ndarray,
-                       cfg: SamplerConfig, n: int) -> dict[str, np.ndarray]:
+                       cfg: SamplerConfig, n: int,
+                       near_window: int = NEAR_WINDOW) -> dict[str, np.ndarray]:
     """All indices of one batch of ``n`` samples (no pixels).
 
     Returns, besides the batch-contract index keys (``obs_index``, ...), ``traj_index``,
-    ``t``, ``traj_len``, ``goal_reached``/``intent_reached``, ``goal_kind``/``intent_kind``
-    and ``rows``: frame-store rows (len(IMAGE_KEYS), n, frame_stack) to gather images from.
+    ``t``, ``traj_len``, ``goal_reached``/``intent_reached``, ``near_valid``/``far_valid``,
+    ``goal_kind``/``intent_kind`` and ``rows``: frame-store rows (len(IMAGE_KEYS), n,
+    frame_stack) to gather images from. ``near_window`` is the window of the near frame
+    (:func:`sample_near_far_times`).
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -105,10 +147,13 @@ def sample_index_batch(rng: np.random.Generator, offsets: np.ndarray, lengths: n
     goal_traj = np.where(same, int_traj, goal_traj)
     goal_t = np.where(same, int_t, goal_t)
     goal_kind = np.where(same, int_kind, goal_kind)
+    # drawn last, so the other frames of a batch are those drawn before these keys existed
+    near_t, far_t, near_valid, far_valid = sample_near_far_times(rng, t, traj_len, near_window)
     zeros = np.zeros_like(t)
     where = {"obs": (traj, t), "next_obs": (traj, next_t), "goal": (goal_traj, goal_t),
              "intent": (int_traj, int_t), "future_obs": (traj, future_t),
-             "initial_obs": (traj, zeros), "final_obs": (traj, last)}
+             "initial_obs": (traj, zeros), "final_obs": (traj, last),
+             "near_obs": (traj, near_t), "far_obs": (traj, far_t)}
     out: dict[str, np.ndarray] = {}
     rows = np.empty((len(IMAGE_KEYS), n, cfg.frame_stack), dtype=np.int64)
     for i, key in enumerate(IMAGE_KEYS):
@@ -117,6 +162,7 @@ def sample_index_batch(rng: np.random.Generator, offsets: np.ndarray, lengths: n
         out[INDEX_KEYS[key]] = offsets[tr] + tt
     out["goal_reached"] = out["obs_index"] == out["goal_index"]
     out["intent_reached"] = out["obs_index"] == out["intent_index"]
+    out["near_valid"], out["far_valid"] = near_valid, far_valid
     out.update(traj_index=traj, t=t, traj_len=traj_len, goal_kind=goal_kind,
                intent_kind=int_kind, rows=rows)
     return out

@@ -43,7 +43,7 @@ def test_batch_follows_the_contract(store):
         assert torch.equal(batch[key], _chw(store.frames[idx]))
     for key in (*INDEX_KEYS.values(), "traj_index", "t", "traj_len"):
         assert batch[key].shape == (B,) and batch[key].dtype == torch.int64
-    assert batch["goal_reached"].dtype == torch.bool
+    assert all(batch[k].dtype == torch.bool and batch[k].shape == (B,) for k in FLAG_KEYS)
     assert torch.equal(batch["goal_reached"], batch["obs_index"] == batch["goal_index"])
     assert torch.equal(batch["intent_reached"], batch["obs_index"] == batch["intent_index"])
     offsets = torch.from_numpy(store.offsets)[batch["traj_index"]]

@@ -16,6 +16,7 @@ from vptr.data.sampling import (
     sample_future_offsets,
     sample_goals,
     sample_index_batch,
+    sample_near_far_times,
     stack_rows,
 )
 from vptr.errors import ConfigError
@@ -129,6 +130,78 @@ def test_frame_stacking_repeats_the_first_frame_at_a_trajectory_start():
     assert np.all(r[0] >= start[:, None])
     init = r[IMAGE_KEYS.index("initial_obs")]
     assert np.all(init == start[:, None])
+
+
+# lengths down to 1 frame: anchors without a later frame and videos too short for a far one
+NEAR_FAR_LENGTHS = np.array([1, 2, 3, 4, 5, 17, 40, 60])
+NEAR_FAR_OFFSETS = np.concatenate([[0], np.cumsum(NEAR_FAR_LENGTHS)[:-1]])
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_tcn_near_frame_in_window_far_frame_farther_same_video(window):
+    b = sample_index_batch(np.random.default_rng(window), NEAR_FAR_OFFSETS, NEAR_FAR_LENGTHS,
+                           SamplerConfig(), N, near_window=window)
+    start = NEAR_FAR_OFFSETS[b["traj_index"]]
+    last = start + b["traj_len"] - 1
+    obs, near, far = b["obs_index"], b["near_index"], b["far_index"]
+    for idx in (near, far):  # nothing indexes outside the anchor's own video
+        assert np.all((idx >= start) & (idx <= last))
+    ok, far_ok = b["near_valid"], b["far_valid"]
+    np.testing.assert_array_equal(ok, obs < last)  # only the last frame has no later one
+    d = near - obs
+    assert np.all((d[ok] >= 1) & (d[ok] <= window))  # near in (t, t + k]
+    assert np.all(near[~ok] == obs[~ok])
+    # a far frame exists exactly when some frame is farther from t than d; then it is one
+    exists = ok & ((obs + d < last) | (obs - d > start))
+    np.testing.assert_array_equal(far_ok, exists)
+    assert np.all(np.abs(far - obs)[far_ok] > d[far_ok])
+    assert np.all(far[~far_ok] == near[~far_ok])
+    # beyond the positive whenever the video goes on after it, else before the anchor
+    beyond = far_ok & (near < last)
+    assert np.all(far[beyond] > near[beyond])
+    assert np.all(far[far_ok & ~beyond] < obs[far_ok & ~beyond])
+    assert np.all(b["rows"][IMAGE_KEYS.index("far_obs"), :, -1] == far)
+    assert ok.mean() > 0.9 and far_ok.mean() > 0.85  # the fallbacks stay rare
+
+
+def test_tcn_near_offsets_uniform_far_uniform_beyond_and_before_at_the_end():
+    n = 40_000
+    # mid-video: d uniform on 1..4, far uniform on near+1 .. T-1
+    near, far, ok, far_ok = sample_near_far_times(np.random.default_rng(0), np.full(n, 2),
+                                                  np.full(n, 20), 4)
+    assert ok.all() and far_ok.all()
+    np.testing.assert_allclose(np.bincount(near - 2, minlength=5)[1:] / n, 0.25, atol=0.01)
+    for dd in (1, 4):
+        sel = near - 2 == dd
+        counts = np.bincount(far[sel], minlength=20)[2 + dd + 1:]
+        np.testing.assert_allclose(counts / sel.sum(), 1 / len(counts), atol=0.015)
+    # second-to-last frame: the window is truncated (near = T-1, never clipped onto it from
+    # farther), and the far frame is uniform on 0 .. t-2 (before the anchor, farther than 1)
+    near, far, ok, far_ok = sample_near_far_times(np.random.default_rng(1), np.full(n, 8),
+                                                  np.full(n, 10), 3)
+    assert ok.all() and far_ok.all() and np.all(near == 9)
+    np.testing.assert_allclose(np.bincount(far, minlength=7) / n, 1 / 7, atol=0.01)
+    # a 2-frame video: the anchor at 0 has a near frame but nothing farther
+    near, far, ok, far_ok = sample_near_far_times(np.random.default_rng(2), np.array([0, 1]),
+                                                  np.array([2, 2]), 3)
+    assert near.tolist() == [1, 1] and ok.tolist() == [True, False]
+    assert far.tolist() == [1, 1] and not far_ok.any()
+    with pytest.raises(ConfigError, match="window"):
+        sample_near_far_times(np.random.default_rng(0), np.zeros(1, np.int64), np.ones(1), 0)
+
+
+def test_tcn_near_frame_is_rarely_the_final_frame():
+    """The earlier TCN positive (future_obs, Geometric(0.01)) was the final frame 86 % of the
+    time on the quickstart video; the near frame is only as often as the window allows."""
+    lengths = np.full(20, 200)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    b = sample_index_batch(np.random.default_rng(5), offsets, lengths, SamplerConfig(), N,
+                           near_window=3)
+    # positives used: anchors with a later frame (an anchor at the final frame has none)
+    final = (b["near_index"] == b["final_index"])[b["near_valid"]]
+    # window 3: anchors at T-2, T-3, T-4 pick the final frame w.p. 1, 1/2, 1/3 -> 1.83/(T-1)
+    assert final.mean() == pytest.approx(1.83 / 199, abs=0.003)
+    assert np.mean(b["future_index"] == b["final_index"]) > 0.3  # the old positive
 
 
 def test_sampler_config_validation():
