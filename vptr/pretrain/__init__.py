@@ -15,7 +15,9 @@ come from it. Each entry declares what the training loop must provide:
 * ``target_network``: whether ``loss_fn`` takes a Polyak-averaged copy of ``nets``; if so
   the config has ``target_rate`` (otherwise ``loss_fn`` gets ``target_nets=None``);
 * ``discount``: whether the value is discounted; if so the config has ``discount``, and
-  value diagnostics compare V with the true discounted time-to-goal at that γ.
+  value diagnostics compare V with the true discounted time-to-goal at that γ;
+* ``positive_window``: whether the config has ``positive_window``, the window of the
+  sampler's time-contrastive ``near_obs`` (otherwise the sampler's default window).
 
 The training loop owns the optimizer step, the target update and logging.
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from vptr.data.sampling import NEAR_WINDOW
 from vptr.errors import unknown
 from vptr.pretrain import icvf, none, tcn, tdjepa, vip
 
@@ -43,10 +46,15 @@ class Objective:
     trains: bool = True
     target_network: bool = False
     discount: bool = False
+    positive_window: bool = False
 
     def value_discount(self, cfg: Any) -> float | None:
         """γ of this objective's value (None: the value is not discounted)."""
         return float(cfg.discount) if self.discount else None
+
+    def near_window(self, cfg: Any) -> int:
+        """Window of the sampler's ``near_obs`` for this objective's runs."""
+        return int(cfg.positive_window) if self.positive_window else NEAR_WINDOW
 
 
 def _entries(*objectives: Objective) -> dict[str, Objective]:
@@ -61,7 +69,7 @@ OBJECTIVES: dict[str, Objective] = _entries(
               tdjepa.TDJEPAConfig, tdjepa.create, tdjepa.loss_fn, tdjepa.value,
               target_network=True, discount=True),
     Objective("tcn", "time-contrastive InfoNCE baseline (TCN / R3M's temporal term)",
-              tcn.TCNConfig, tcn.create, tcn.loss_fn, tcn.value),
+              tcn.TCNConfig, tcn.create, tcn.loss_fn, tcn.value, positive_window=True),
     Objective("vip", "value-implicit pretraining baseline (Ma et al. 2023)",
               vip.VIPConfig, vip.create, vip.loss_fn, vip.value, discount=True),
     Objective("none", "no pretraining: the random-init encoder, frozen (baseline)",

@@ -163,7 +163,8 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             start, history = ckpt.restore()
             batches = s.closing(core.BatchIterator(make_loader(
                 train_store, cfg.sampler, cfg.resolved_batch_size(), seed=cfg.seed,
-                start_step=start, num_workers=cfg.num_workers, rank=s.dist.rank)))
+                start_step=start, num_workers=cfg.num_workers, rank=s.dist.rank,
+                near_window=objective.near_window(cfg.objective_cfg))))
             ckpt.restore_rng()
             if start and s.is_main:
                 print(f"resuming {run_dir} from {ckpt.latest.name} (step {start})")

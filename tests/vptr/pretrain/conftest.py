@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from vptr.data.batch import INDEX_KEYS
+from vptr.data.sampling import sample_near_far_times
 
 
 class FlatEncoder(nn.Module):
@@ -28,7 +30,10 @@ def build_batch(indices: dict[str, list[int]], frames: torch.Tensor,
                 traj_len: int = 10) -> dict[str, torch.Tensor]:
     """A batch whose images are looked up by global frame index in ``frames`` (N, C, H, W).
 
-    Equal indices therefore mean identical pixels, as from a real frame store.
+    Equal indices therefore mean identical pixels, as from a real frame store. Unless given
+    under ``near_valid`` / ``far_valid``, the time-contrastive flags follow the sampler's
+    rule that a missing frame repeats the one before it: near_valid = near != obs,
+    far_valid = far != near.
     """
     batch: dict[str, torch.Tensor] = {}
     for key, index_key in INDEX_KEYS.items():
@@ -41,6 +46,12 @@ def build_batch(indices: dict[str, list[int]], frames: torch.Tensor,
         batch["goal_reached"] = batch["obs_index"] == batch["goal_index"]
     if "intent_index" in batch:
         batch["intent_reached"] = batch["obs_index"] == batch["intent_index"]
+    for flag, (key, before) in {"near_valid": ("near_index", "obs_index"),
+                                "far_valid": ("far_index", "near_index")}.items():
+        if flag in indices:
+            batch[flag] = torch.tensor(indices[flag], dtype=torch.bool)
+        elif key in batch:
+            batch[flag] = batch[key] != batch[before]
     batch["traj_index"] = batch["obs_index"] // traj_len
     batch["t"] = batch["obs_index"] % traj_len
     batch["traj_len"] = torch.full((n,), traj_len, dtype=torch.int64)
@@ -67,7 +78,8 @@ def make_batch():
 def random_indices(batch_size: int, traj_len: int = 10, n_traj: int = 4,
                    seed: int = 0) -> dict[str, list[int]]:
     """ICVF-style sampling: goal/intent current (20 %), same trajectory (50 %), random (30 %),
-    intent == goal half the time; next/future clipped at the trajectory end."""
+    intent == goal half the time; next/future clipped at the trajectory end; near/far frames
+    from the real sampler (window 3)."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, list[int]] = {k: [] for k in INDEX_KEYS.values()}
 
@@ -95,6 +107,11 @@ def random_indices(batch_size: int, traj_len: int = 10, n_traj: int = 4,
                                               traj_len - 1))
         out["initial_index"].append(base)
         out["final_index"].append(base + traj_len - 1)
+    obs = np.asarray(out["obs_index"])
+    near, far, _, _ = sample_near_far_times(np.random.default_rng(seed), obs % traj_len,
+                                            np.full(batch_size, traj_len), 3)
+    base = obs - obs % traj_len
+    out["near_index"], out["far_index"] = (base + near).tolist(), (base + far).tolist()
     return out
 
 

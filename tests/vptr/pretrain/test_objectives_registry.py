@@ -47,6 +47,9 @@ def test_declared_needs_match_the_objective(name):
         assert 0 < cfg.target_rate <= 1
     assert obj.discount == ("discount" in fields)
     assert obj.value_discount(cfg) == (cfg.discount if obj.discount else None)
+    assert obj.positive_window == ("positive_window" in fields)
+    if obj.positive_window:  # the sampler's near-frame window is the objective's option
+        assert obj.near_window(dataclasses.replace(cfg, positive_window=7)) == 7
     assert "batch_size" in fields
 
 

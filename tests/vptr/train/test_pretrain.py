@@ -1,6 +1,7 @@
 """The pretraining loop: resume after SIGKILL, torchrun with 2 processes, CLI errors."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -121,6 +122,27 @@ def test_in_process_short_run_and_diagnostics(square_videos, tmp_path):
     # same config again: nothing left to do, resumes at the end
     again = train(cfg)
     assert again["step"] == 4
+
+
+def test_tcn_run_samples_with_its_positive_window(square_videos, tmp_path, monkeypatch):
+    """`--objective tcn` trains end to end, and its sampler draws near frames in the
+    objective's window (tcn.positive_window), not the sampler's default."""
+    import vptr.data.loader as loader_mod
+
+    windows = []
+
+    class Recording(loader_mod.PretrainSampler):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            windows.append(self.near_window)
+
+    monkeypatch.setattr(loader_mod, "PretrainSampler", Recording)
+    cfg = _small_cfg(square_videos, tmp_path, objective="tcn", steps=3,
+                     **{"tcn.positive_window": 5, "tcn.embed_dim": 8})
+    result = train(cfg)
+    assert windows == [5] and result["step"] == 3
+    losses = [loss for _, loss in result["history"]]  # (step, mean loss) every 2 steps
+    assert losses and all(math.isfinite(v) for v in losses)
 
 
 def test_config_errors(square_videos):
