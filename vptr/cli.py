@@ -100,6 +100,17 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "Spearman(V, t), value spread against the true discounted time-to-goal range and "
         "V at the goal, for the trained model, negative pixel L2 and untrained networks "
         "over several seeds; value-curve PNGs and a JSON report in <run>/values."),
+    "probe": Command(
+        "score an encoder for robot use: few-demo imitation, linear probe, invariance, values",
+        "vptr.probe:ProbeConfig", "vptr.probe:run",
+        "Each number next to a random init of the same architecture and end-to-end training "
+        "from scratch: chunked flow BC on K native-task demos with the encoder frozen and "
+        "fine-tuned, evaluated at the demos' appearance and under visual shift (Wilson "
+        "intervals per seed and pooled); ridge R² of tool, gripper and object positions from "
+        "frozen features; feature change on paired frames (same state, other appearance) "
+        "over the change between consecutive frames; the value-curve numbers of a "
+        "pretraining run. --split val|test picks disjoint evaluation seeds. Writes "
+        "report.json and report.md; a rerun skips done cells."),
     "quickstart": Command(
         "run the whole pipeline on the built-in default data",
         "vptr.quickstart:QuickstartConfig", "vptr.quickstart:run",
@@ -140,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  vptr finetune --data data/robot/<name> --agent qc --encoder.init "
                "runs/pretrain/<run> --eval-env vptr/Lift-v0\n"
                "  vptr eval --run runs/finetune/<run> --episodes 50\n"
+               "  vptr probe --encoder runs/pretrain/<run>\n"
                "Every command takes --help and --config FILE.toml.")
     from vptr import __version__
 
