@@ -3,10 +3,12 @@
 The control loop calls :meth:`Executor.step` once per period with the newest packed
 observation (None when there is no fresh one) and gets the action for that period, or
 None when none is available (the loop then holds). Actions are indexed by control
-period. A chunk is for the periods ``i0 .. i0 + h - 1`` where ``i0`` is the first period
-not yet executed when its inference starts (LeRobot's convention): in the synchronous
-modes the current period (inference runs before its command is sent), in the
-asynchronous ones the period after the observation's (that period's command has gone).
+period. A chunk inferred from the observation of period ``i0`` is for the periods
+``i0 .. i0 + h - 1``: its first action is the one to take at its observation, as in
+training (a chunk starts with the action recorded with its observation). In the
+synchronous modes that action is executed (inference runs before the period's command is
+sent); in the asynchronous ones period ``i0``'s command has gone by the time inference
+starts, so at least the first action is skipped.
 
 Modes (:class:`ExecutorConfig` ``mode``):
 
@@ -22,9 +24,12 @@ Modes (:class:`ExecutorConfig` ``mode``):
 * ``rtc`` -- Real-Time Chunking (:mod:`vptr.runtime.rtc`) for flow policies: as
   ``async``, but the next chunk is *sampled* as an inpainting of the pending actions.
 
-Inference is serial (one request at a time: an RTC request needs the chunk before it),
-so the chunk must outlast two inferences: no period goes without a command when the
-inference latency is at most half a chunk.
+Inference is serial by default (one request at a time: an RTC request needs the chunk
+before it), so a chunk must outlast two inferences: with a latency of ``d`` periods a
+chunk brings ``h - d`` new actions and the next one lands ``d`` periods later, so no
+period goes without a command when ``d <= h / 2`` -- exactly at ``h / 2`` only when the
+latency is a whole number of periods (``simulated_delay``); real threads add wake-up
+time, so leave a period of slack, or (``async``) put ``inflight`` 2 requests in flight.
 
 Index rules that avoid the failure modes LeRobot fixed in its RTC (deployment spec):
 the delay ``d`` of a landed chunk is the number of actions popped since its request
@@ -72,8 +77,9 @@ class ExecutorConfig:
     delay_window: int = 5  # rtc: frozen steps = the largest delay of the last N chunks
     soft: int = 0  # rtc: guided steps after the frozen ones, at least (0 = h // 4; held padding if need be)
     warmup: bool = True  # rtc: one guided sample in start() (autograd's first use is slow: ~1 s)
-    # async: inferences in flight at once (threads). One serves latencies up to half a chunk;
-    # n serve up to n / (n + 1) of a chunk (requests spaced ceil(delay / n) periods apart).
+    # async: inferences in flight at once (threads). One serves latencies up to half a chunk
+    # (less a period of slack in real time); n serve up to n / (n + 1) of a chunk (requests
+    # spaced ceil(delay / n) periods apart).
     inflight: int = 1
 
     def __post_init__(self) -> None:
@@ -319,8 +325,8 @@ class AsyncExecutor(Executor):
             if self._error is not None:
                 raise self._error
             action = super().step(obs, elapsed)
-            if obs is not None:
-                self._latest = (obs, self.t, time.perf_counter())
+            if obs is not None:  # a chunk from it starts at its period (just executed: t - 1)
+                self._latest = (obs, self.t - 1, time.perf_counter())
                 self._latest_seq += 1
             if self.simulated_delay is not None:
                 self._simulate()
@@ -345,8 +351,8 @@ class AsyncExecutor(Executor):
             spacing = (max(1, math.ceil(self.delay_estimate / self.cfg.inflight)) if self._recent
                        else self.s)
             return i0 - self._last_i0 >= spacing
-        executed = i0 - self._q0  # of the current chunk, by the observation's next period
-        remaining = self._q0 + len(self._q) - i0
+        executed = i0 + 1 - self._q0  # of the current chunk, the observation's period included
+        remaining = self._q0 + len(self._q) - (i0 + 1)  # for the periods after it
         return executed >= self.s or remaining <= self.delay_estimate + self.cfg.margin
 
     def _fresh(self) -> bool:
