@@ -20,7 +20,8 @@
    deploy` runs; untrained weights of the default architecture: latency does not depend
    on the values) at 64x64 and 128x128, one front camera + a 15-d state, h = 5: flow BC
    (one sample) and QC (best-of-32 ranked by the critic), p50 / p99 over many calls at 1
-   and 2 torch threads, next to LeRobot ACT's chunk prediction (ACTPolicy with its
+   and 2 torch threads (QC with its default shared image trunk, and with one trunk each
+   for critic and policy), next to LeRobot ACT's chunk prediction (ACTPolicy with its
    defaults: ResNet-18, chunk 100; no pretrained weights are downloaded) on the same
    inputs, measured in the same run.
 """
@@ -150,16 +151,19 @@ def exported_latency(sizes, calls, threads_list) -> list[dict]:
             obs = {"observation.state": np.zeros(len(names), np.float32),
                    cam: np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)}
             policies = {}
-            for agent_name in ("flowbc", "qc"):
+            for agent_name, options in (("flowbc", {}), ("qc", {}),
+                                        ("qc", {"shared_trunk": False})):
                 agent = get_agent(agent_name)
-                cfg = agent.config_cls()
+                cfg = agent.config_cls(**options)
+                label = (f"{agent_name} (N={cfg.act_samples if agent_name == 'qc' else 1}"
+                         + (", 2 trunks)" if options else ")"))
                 nets = agent.create(cfg, spec, lambda size=size: {cam: make_encoder("impala_small", 3, size)})
                 meta = {"state_features": ["observation.state"], "state_widths": [len(names)],
                         "state_names": {"observation.state": names},
                         "action_names": list(ACTION_NAMES), "fps": 20.0}
-                folder = save_policy(f"{tmp}/{agent_name}{size}", agent_name, cfg, nets, meta)
-                policies[f"{agent_name} (N={cfg.act_samples if agent_name == 'qc' else 1})"] = (
-                    ArtifactPolicy(folder))
+                folder = save_policy(f"{tmp}/{agent_name}{size}{len(policies)}", agent_name, cfg,
+                                     nets, meta)
+                policies[label] = ArtifactPolicy(folder)
             from lerobot.configs.types import FeatureType, PolicyFeature
             from lerobot.policies.act.configuration_act import ACTConfig
             from lerobot.policies.act.modeling_act import ACTPolicy
@@ -198,21 +202,23 @@ def main() -> None:
     p.add_argument("--latencies", default="0.25,0.5,0.75", help="inference latency, fractions of a chunk")
     p.add_argument("--calls", type=int, default=200, help="inference calls per policy in part 3")
     p.add_argument("--sizes", default="64,128", help="image sizes of part 3")
+    p.add_argument("--parts", default="1,2,3", help="which parts to run")
     p.add_argument("--tiny", action="store_true", help="0.5 s runs, one latency (a smoke test)")
     args = p.parse_args()
+    parts = {int(x) for x in args.parts.split(",")}
     if args.tiny:
         args.seconds, args.latencies, args.calls, args.sizes = 0.5, "0.25", 8, "32"
     print(f"machine: {describe()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (shared machines: figures are noisy)")
     t0 = time.perf_counter()
-    rates = [float(x) for x in args.rates.split(",")]
+    rates = [float(x) for x in args.rates.split(",")] if 1 in parts else []
     print(f"\n1. control loop on the mock robot, {args.seconds:g} s each, inference off-thread")
     print(f"{'rate Hz':>8} {'achieved':>9} {'jitter p50 ms':>14} {'p99 ms':>8} {'max ms':>8} "
           f"{'work p99 ms':>12} {'missed':>7} {'overruns':>9}")
     for r in loop_rates(rates, args.seconds):
         print(f"{r['rate']:>8g} {r['achieved']:>9.2f} {r['p50']:>14.3f} {r['p99']:>8.3f} {r['max']:>8.3f} "
               f"{r['work_p99']:>12.3f} {r['missed']:>7d} {r['overruns']:>9d}")
-    fr = [float(x) for x in args.latencies.split(",")]
+    fr = [float(x) for x in args.latencies.split(",")] if 2 in parts else []
     chunk_s = args.chunk / args.exec_rate
     print(f"\n2. chunk execution at {args.exec_rate:g} Hz, h = {args.chunk} ({chunk_s:g} s per chunk), "
           f"consecutive chunks 1.0 apart, {args.seconds:g} s each")
@@ -222,7 +228,7 @@ def main() -> None:
         print(f"{r['latency']:>7.2f}h {r['mode']:>6} {r['stall_s']:>10.3f} {r['per_boundary_ms']:>16.1f} "
               f"{r['empty']:>14d} {r['seam']:>13.3f} {r['sent_step']:>18.3f} {r['inf_p50']:>17.1f} "
               f"{r['chunks']:>7d}")
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = [int(x) for x in args.sizes.split(",")] if 3 in parts else []
     print(f"\n3. exported-policy inference (ArtifactPolicy, one observation), {args.calls} calls; "
           "ratio = ACT p99 / ours p99 (same run, same threads)")
     print(f"{'image':>6} {'threads':>8} {'policy':>24} {'p50 ms':>8} {'p99 ms':>8} {'ACT p99 / p99':>14}")

@@ -89,6 +89,28 @@ def make_policy(cfg: AgentConfig, spec: DataSpec, trunks: TrunkFactory) -> Polic
     return PolicyNet(enc, FlowPolicy(enc.out_dim, cfg.chunk, spec.action_dim, cfg.hidden))
 
 
+def share(trunks: TrunkFactory) -> TrunkFactory:
+    """A factory that hands every network the same trunks (built once)."""
+    shared = trunks()
+    return lambda: shared
+
+
+def with_trunk_features(encoder: ObsEncoder, batch: dict[str, torch.Tensor],
+                        prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The batch with ``<prefix>_emb`` = the (shared) image trunk's features, computed once
+    for every head that reads them: ``obs`` with gradients, any other prefix without.
+    Features already there (a frozen encoder's cached embeddings) are kept."""
+    if not encoder.cameras:
+        return batch
+    out = dict(batch)
+    for prefix in prefixes:
+        if f"{prefix}_emb" in out:
+            continue
+        with torch.set_grad_enabled(torch.is_grad_enabled() and prefix == "obs"):
+            out[f"{prefix}_emb"] = encoder.trunk_features(batch, prefix)
+    return out
+
+
 def chunk_target(batch: dict[str, torch.Tensor], discount: float, horizon: int,
                  next_value: torch.Tensor) -> torch.Tensor:
     """``R^h + γ^h · m · V'``: the TD target of a chunk (spec: "Chunks")."""

@@ -36,7 +36,9 @@ def actor_of(agent_name: str, agent_cfg: Any, nets: torch.nn.Module, encoder: st
                       task_dim=agent_cfg.task_dim, flow_steps=agent_cfg.flow_steps,
                       act_samples=samples,
                       ranker_heads=int(agent_cfg.critic_heads) if samples > 1 else 0,
-                      ranker_hidden=tuple(agent_cfg.hidden) if samples > 1 else ())
+                      ranker_hidden=tuple(agent_cfg.hidden) if samples > 1 else (),
+                      shared_trunk=samples > 1 and bool(getattr(agent_cfg, "shared_trunk",
+                                                                False)))
     actor = ChunkActor(nets.spec, cfg).to(next(nets.parameters()).device)
     actor.action_norm.load_state_dict(nets.action_norm.state_dict())
     actor.policy.load_state_dict(nets.policy.state_dict())

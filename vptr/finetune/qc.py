@@ -13,6 +13,13 @@ Choices: candidates in the target are ranked by the *target* critic that then sc
 winner (the reference ranks with the online critic): one critic pass fewer per update,
 and each next observation is encoded once per network, not once per candidate. ``N = 1``
 is exactly a plain policy sample (tested).
+
+``shared_trunk`` (the default) gives critic and policy one image trunk, run once per
+observation and update: on ``obs`` with gradients (the TD loss and the BC loss both train
+it) and on ``next_obs`` without; the target critic's head reads the online trunk's
+features of ``next_obs``, as DrQ-v2's target critic does. Each keeps its own head
+(Dense -> LayerNorm -> tanh). Separate trunks (``--no-qc.shared-trunk``) cost two trunk
+passes with gradients and two without per update, and two per acting step.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from vptr.finetune.common import (
     chunk_target,
     make_obs_encoder,
     make_policy,
+    share,
+    with_trunk_features,
 )
 from vptr.finetune.nets import (
     DataSpec,
@@ -51,6 +60,8 @@ class QCConfig(CriticAgentConfig):
     target_samples: int = helpfield(8, "best-of-N candidates in the TD target [paper: 32]")
     act_samples: int = helpfield(32, "best-of-N candidates when acting")
     q_agg: Literal["mean", "min"] = helpfield("mean", "ensemble aggregation in the target")
+    shared_trunk: bool = helpfield(True, "one image trunk for critic and policy, run once "
+                                         "per observation (each keeps its own head)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,6 +72,8 @@ class QCConfig(CriticAgentConfig):
 class QCNets(AgentNets):
     def __init__(self, cfg: QCConfig, spec: DataSpec, trunks: TrunkFactory):
         super().__init__(spec)
+        if cfg.shared_trunk:
+            trunks = share(trunks)
         self.policy = make_policy(cfg, spec, trunks)
         self.q = QNet(make_obs_encoder(cfg, spec, trunks), cfg.chunk, spec.action_dim,
                       cfg.critic_heads, cfg.hidden)
@@ -78,6 +91,8 @@ def target_of(nets: QCNets) -> torch.nn.Module:
 def td_target(nets: QCNets, target_q: QNet, batch: dict[str, torch.Tensor],
               cfg: QCConfig) -> torch.Tensor:
     """``R^h + γ^h m mean_k Q̄_k(s', Â')`` with Â' the best of N policy samples at s'."""
+    if cfg.shared_trunk:  # the target critic's head reads the online trunk's features
+        batch = with_trunk_features(nets.q.encoder, batch, ("next_obs",))
     zp = nets.policy.encoder(batch, "next_obs")
     zt = target_q.encoder(batch, "next_obs")
     cands = sample_candidates(nets.policy, zp, cfg.target_samples, cfg.flow_steps)
@@ -87,6 +102,8 @@ def td_target(nets: QCNets, target_q: QNet, batch: dict[str, torch.Tensor],
 
 
 def loss_fn(nets: QCNets, target_q: QNet, batch: dict[str, torch.Tensor], cfg: QCConfig):
+    if cfg.shared_trunk:
+        batch = with_trunk_features(nets.q.encoder, batch, ("obs", "next_obs"))
     actions, mask = actions_of(nets, batch)
     y = td_target(nets, target_q, batch, cfg)
     q = nets.q.score(nets.q.encoder(batch, "obs"), actions)  # (K, B)
@@ -108,5 +125,7 @@ def ranker(nets: QCNets):
 def act(nets: QCNets, batch: dict[str, torch.Tensor], cfg: QCConfig,
         samples: int | None = None) -> torch.Tensor:
     """Best-of-N chunks (B, h, Da), normalised units."""
+    if cfg.shared_trunk:
+        batch = with_trunk_features(nets.q.encoder, batch, ("obs",))
     return act_best_of_n(nets.policy, nets.q, batch, samples or cfg.act_samples,
                          cfg.flow_steps)

@@ -295,6 +295,7 @@ class ActorConfig:
     act_samples: int = 1  # best-of-N candidates (1: the plain sample, no ranker)
     ranker_heads: int = 0  # critic ensemble ranking the candidates (0: none)
     ranker_hidden: tuple[int, ...] = ()
+    shared_trunk: bool = False  # the ranker reads the policy's image trunk (run once)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -331,12 +332,26 @@ class ChunkActor(nn.Module):
         enc = encoder()
         self.policy = PolicyNet(enc, FlowPolicy(enc.out_dim, cfg.chunk, spec.action_dim,
                                                 cfg.hidden))
-        self.ranker = (QNet(encoder(), cfg.chunk, spec.action_dim, cfg.ranker_heads,
-                            cfg.ranker_hidden) if cfg.act_samples > 1 else None)
+        self.ranker = None
+        if cfg.act_samples > 1:
+            renc = (ObsEncoder(spec, {c: enc.trunks[_safe(c)] for c in spec.cameras} or None,
+                               cfg.feature_dim, cfg.task_dim) if cfg.shared_trunk else encoder())
+            self.ranker = QNet(renc, cfg.chunk, spec.action_dim, cfg.ranker_heads,
+                               cfg.ranker_hidden)
+
+    @torch.no_grad()
+    def with_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with the shared trunk's features (``obs_emb``) when policy and ranker
+        share one: one trunk pass for both heads. Unchanged otherwise."""
+        if self.ranker is None or not self.cfg.shared_trunk or not self.spec.cameras \
+                or "obs_emb" in batch:
+            return batch
+        return {**batch, "obs_emb": self.policy.encoder.trunk_features(batch, "obs")}
 
     @torch.no_grad()
     def act(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Best-of-N (or plain) chunks (B, h, Da), dataset action units."""
+        batch = self.with_features(batch)
         chunks = act_best_of_n(self.policy, self.ranker, batch, self.cfg.act_samples,
                                self.cfg.flow_steps)
         return self.action_norm.inverse(chunks)

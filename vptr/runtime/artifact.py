@@ -320,6 +320,7 @@ def guided_chunks(actor: ChunkActor, batch: dict[str, torch.Tensor], prefix: tor
     (:func:`vptr.runtime.rtc.guided_sample`, in the policy's normalised action space);
     best-of-N candidates are each guided, then ranked by the critic."""
     n, flow = actor.cfg.act_samples, actor.policy.flow
+    batch = actor.with_features(batch)
     with torch.no_grad():
         z = repeat(actor.policy.encoder(batch, "obs"), "b f -> (b n) f", n=n)
     target = repeat(actor.action_norm(prefix), "b h d -> (b n) h d", n=n)
@@ -333,7 +334,8 @@ def guided_chunks(actor: ChunkActor, batch: dict[str, torch.Tensor], prefix: tor
                       max_guidance_weight).clamp(-1.0, 1.0)
     cands = rearrange(x, "(b n) h d -> b n h d", n=n)
     with torch.no_grad():
-        best = cands[:, 0] if n == 1 else best_of_n(actor.ranker, actor.ranker.encoder(batch, "obs"), cands)
+        best = (cands[:, 0] if n == 1 else
+                best_of_n(actor.ranker, actor.ranker.encoder(batch, "obs"), cands))
         return actor.action_norm.inverse(best)
 
 

@@ -157,7 +157,7 @@ def test_qc_target_with_n1_equals_the_bc_sample():
 
 def test_each_observation_is_encoded_once_per_network():
     agent = get_agent("qc")
-    cfg = small_cfg(agent)
+    cfg = dataclasses.replace(small_cfg(agent), shared_trunk=False)
     nets = agent.create(cfg, spec(), trunks)
     calls = {"policy": [], "q": []}
     for name, enc in (("policy", nets.policy.encoder), ("q", nets.q.encoder)):
@@ -169,6 +169,26 @@ def test_each_observation_is_encoded_once_per_network():
     calls["policy"].clear(), calls["q"].clear()
     qc.td_target(nets, make_target(nets.q), batch, cfg)
     assert calls["policy"] == [B]  # next observations, once, for all target_samples candidates
+
+
+def test_qc_shared_trunk_runs_once_per_observation_for_both_heads():
+    agent = get_agent("qc")
+    cfg = small_cfg(agent)
+    assert cfg.shared_trunk  # the default
+    nets = agent.create(cfg, spec(), trunks)
+    (trunk,) = nets.q.encoder.trunks.values()
+    assert trunk is next(iter(nets.policy.encoder.trunks.values()))
+    calls = []
+    trunk.register_forward_hook(lambda m, i, o: calls.append((len(i[0]), o.requires_grad)))
+    target = make_target(nets.q)
+    loss, _ = qc.loss_fn(nets, target, tiny_batch(), cfg)
+    # obs with gradients, next_obs without; the target's own trunk copy is not run
+    assert calls == [(B, True), (B, False)]
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trunk.parameters())
+    calls.clear()
+    qc.act(nets, tiny_batch(), dataclasses.replace(cfg, act_samples=32))
+    assert calls == [(B, False)]
 
 
 def test_candidates_share_one_encoding():
