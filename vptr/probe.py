@@ -47,6 +47,7 @@ SPLIT_SEEDS = {"val": 100_000, "test": 300_000}  # first evaluation reset seed o
 FRAME_SEED_OFFSET = 50_000  # linear / invariance episodes: split seed + 50000 + i
 DEFAULT_IMAGE_SIZE = 32  # random and timm encoders (reduced scale)
 CHECKPOINT_EVERY = 500
+MIN_AV1_SIZE = 32
 CELL_FILE = "cell.json"
 # arm id -> (label, baseline arm id of the paired comparison)
 ARMS = {"encoder-frozen": ("encoder frozen", "random-frozen"),
@@ -262,8 +263,11 @@ def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[
     """The first K successful-expert episodes (reset seeds 0..K-1), generated once."""
     from sim.generate import RobotDataConfig, generate_robot
 
+    # SVT-AV1 (the default codec) dies of SIGFPE below 28 px here (measured: 16 and 24
+    # crash `vptr generate robot`, 28 and 32 do not); H.264 encodes small frames
+    codec = "libsvtav1" if image_size >= MIN_AV1_SIZE else "h264"
     rcfg = RobotDataConfig(tasks=(task,), episodes_per_task=k, image_size=image_size,
-                           keep_failures=False, noise=cfg.noise, seed=0,
+                           keep_failures=False, noise=cfg.noise, seed=0, video_codec=codec,
                            data_dir=cfg.data_dir)
     path, record = generate_robot(rcfg, log=lambda m: None)
     return path, record["stats"]
