@@ -78,8 +78,8 @@ class ProbeConfig:
     batch_size: int = helpfield(64, "BC batch size")
     lr: float = helpfield(3e-4, "BC learning rate")
     finetune_mode: Literal["finetune", "scaled"] = helpfield(
-        "finetune", "how the fine-tuned arms train the trunk: finetune (full lr) or scaled "
-                    "(lr x --lr-scale); scratch trains the same way")
+        "finetune", "how the encoder fine-tuned arm trains the trunk: finetune (full lr) or "
+                    "scaled (lr x --lr-scale); scratch always trains it at the full lr")
     lr_scale: float = helpfield(0.1, "trunk learning-rate factor of finetune_mode=scaled")
     shift_pad: int = helpfield(2, "random-shift augmentation of the fine-tuned arms (frozen "
                                   "arms: none, their embeddings are cached)")
@@ -168,6 +168,7 @@ class Encoder:
     weights: str = ""  # a timm model's local weights
     run: str = ""  # the pretraining run it comes from (value curves), if any
     is_random: bool = False  # the probed encoder is itself a random init
+    sha256: str = ""  # of its weights file: a run that trained on invalidates done cells
 
     def arm_ids(self) -> list[str]:
         return [a for a in ARMS if not (self.is_random and a.startswith("encoder"))]
@@ -184,13 +185,14 @@ def resolve_encoder(cfg: ProbeConfig) -> Encoder:
         if cfg.weights and not Path(cfg.weights).is_file():
             raise DataError(f"{cfg.weights}: weights file not found")
         label = f"{text} ({Path(cfg.weights).name})" if cfg.weights else f"{text} (random init)"
-        return Encoder(label, text, size, weights=cfg.weights, is_random=not cfg.weights)
+        return Encoder(label, text, size, weights=cfg.weights, is_random=not cfg.weights,
+                       sha256=file_sha256(cfg.weights) if cfg.weights else "")
     return _encoder_folder(cfg, Path(text))
 
 
 def _encoder_folder(cfg: ProbeConfig, path: Path) -> Encoder:
     from vptr import runs
-    from vptr.nets.weights import read_encoder_config
+    from vptr.nets.weights import WEIGHTS_FILE, read_encoder_config
 
     if not path.exists():
         raise DataError(f"{path}: encoder not found (give a `vptr pretrain` run, its encoder/ "
@@ -212,7 +214,17 @@ def _encoder_folder(cfg: ProbeConfig, path: Path) -> Encoder:
     name = (run or folder).name
     step = f", step {meta['step']}" if "step" in meta else ""
     return Encoder(f"{name} ({meta['encoder']}{step})", str(meta["encoder"]), size,
-                   channels // 3, init=str(folder), run=str(run or ""))
+                   channels // 3, init=str(folder), run=str(run or ""),
+                   sha256=file_sha256(folder / WEIGHTS_FILE))
+
+
+def file_sha256(path: str | Path) -> str:
+    from vptr.runtime.artifact import file_sha256 as sha
+
+    try:
+        return sha(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the encoder weights ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------- cells
@@ -281,7 +293,7 @@ def finetune_values(cfg: ProbeConfig, enc: Encoder, arm: str, data: Path, seed: 
             "frame_stack": enc.frame_stack, "shift_pad": 0 if frozen else cfg.shift_pad,
             "encoder.name": enc.arch, "encoder.init": enc.init if own else "",
             "encoder.weights": enc.weights if own else "",
-            "encoder.mode": "frozen" if frozen else cfg.finetune_mode,
+            "encoder.mode": "frozen" if frozen else (cfg.finetune_mode if own else "finetune"),
             "encoder.lr_scale": cfg.lr_scale, "flowbc.batch_size": cfg.batch_size,
             "flowbc.lr": cfg.lr, "source.frames.image_size": enc.image_size,
             "source.frames.progress": False, "videos": 0}
@@ -293,7 +305,8 @@ def imitation_cell(cfg: ProbeConfig, enc: Encoder, task: str, k: int, arm: str, 
     evaluation = {"task": task, "shifts": [0.0, *cfg.shifts], "episodes": cfg.episodes,
                   "seed": cfg.eval_seed}
     cell = Cell(f"imitation/{_slug(task)}/k{k}/{arm}/seed{seed}",
-                {"finetune": values, "eval": evaluation})
+                {"finetune": values, "eval": evaluation,
+                 "encoder_sha256": enc.sha256 if arm.startswith("encoder") else ""})
     cell.run = lambda folder: _train_and_evaluate(cfg, values, evaluation, folder)
     return cell
 
@@ -425,7 +438,8 @@ def mean_over_seeds(per_seed: list[dict]) -> dict:
 
 
 def value_cell(cfg: ProbeConfig, enc: Encoder) -> Cell:
-    config = {"run": enc.run, "episodes": cfg.value_episodes, "untrained": len(cfg.seeds)}
+    config = {"run": enc.run, "episodes": cfg.value_episodes, "untrained": len(cfg.seeds),
+              "encoder_sha256": enc.sha256}
     cell = Cell("values", config)
     cell.run = lambda folder: value_probe(cfg, enc, folder)
     return cell

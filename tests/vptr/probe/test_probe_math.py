@@ -167,3 +167,19 @@ def test_markdown_lists_every_probe():
     for needle in ("Few-demo imitation", "50 [10-90] (50)", "Linear probe", "| 0.50 |",
                    "Invariance", "| 2.00 |", "Skipped: not a run", "a note"):
         assert needle in text, needle
+
+
+def test_retrained_encoder_weights_invalidate_only_the_cells_that_read_them(tmp_path):
+    from dataclasses import replace
+
+    from vptr.probe import Encoder, ProbeConfig, imitation_cell
+
+    cfg = ProbeConfig(encoder="random")
+    old = Encoder("e", "impala_small", 32, init="enc", sha256="aa")
+    new = replace(old, sha256="bb")
+    key = lambda enc, arm: imitation_cell(cfg, enc, "vptr/Lift-v0", 10, arm, 0, tmp_path).key
+    assert key(old, "encoder-frozen") != key(new, "encoder-frozen")
+    assert key(old, "encoder-finetuned") != key(new, "encoder-finetuned")
+    assert key(old, "scratch") == key(new, "scratch")
+    assert key(old, "random-frozen") == key(new, "random-frozen")
+    assert key(old, "scratch") != key(old, "random-frozen")
