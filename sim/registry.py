@@ -34,6 +34,21 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
         raise ConfigError(f"{env_id}: {e}") from None
 
 
+def task_description(env_id: str) -> str:
+    """The language instruction of ``env_id``'s task (what generated datasets store as the
+    task string), without building the environment."""
+    if env_id not in ENV_IDS:
+        raise unknown("task id", env_id, ENV_IDS)
+    entry_point, kwargs = ENV_IDS[env_id]
+    if entry_point.startswith("sim.native."):
+        from sim.native.tasks import TASKS as native_tasks
+
+        return native_tasks[kwargs["task"]].description
+    from sim.robosuite.tasks import TASKS as robosuite_tasks
+
+    return robosuite_tasks[kwargs["task"]].description
+
+
 def make_expert(env: gym.Env, noise: float = 0.0, seed: int | None = None):
     """The scripted expert of ``env``'s task (privileged state), with action noise."""
     if not 0.0 <= noise:

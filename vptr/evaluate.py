@@ -25,7 +25,9 @@ class EvalCommandConfig:
     seed: int = helpfield(200_000, "reset seed of the first episode (episode i: seed + i)")
     workers: int = helpfield(0, "environment processes (0 = in-process)")
     execution: str = helpfield("open_loop", "open_loop, receding:K or ensemble[:M]")
-    task: str = helpfield("", "task string or index of a multi-task policy ('' = 0)")
+    task: str = helpfield("", "task string or index of a multi-task policy ('' = the env's "
+                              "instruction if the policy knows it, else its target task, "
+                              "else 0)")
     videos: int = helpfield(3, "episodes filmed as mp4")
     domain_shift: float = helpfield(-1.0, "native envs: visual shift 0..1 (-1 = the env's "
                                           "default)")
@@ -58,13 +60,38 @@ def resolve(cfg: EvalCommandConfig) -> tuple[Path, str]:
     return folder, env_id
 
 
+def default_task(tasks: list[str], env_id: str, target_tasks: list[str]) -> int | str:
+    """The task a multi-task policy is evaluated on in ``env_id``: the environment's own
+    instruction when it is one of the policy's ``tasks`` (generated data store it as the
+    task string), else the first task of the data it was fine-tuned on last (its target),
+    else index 0."""
+    if len(tasks) <= 1:
+        return 0
+    from sim.registry import ENV_IDS, task_description
+
+    if env_id in ENV_IDS and task_description(env_id) in tasks:
+        return task_description(env_id)
+    return next((t for t in target_tasks if t in tasks), 0)
+
+
+def policy_task(folder: Path, env_id: str, task: str) -> int | str:
+    """``--task`` (a string, or an index when all digits), else :func:`default_task` from
+    the artifact's ``tasks`` and its provenance's ``target_tasks``."""
+    if task:
+        return int(task) if task.isdigit() else task
+    from vptr.files import read_json_object
+
+    doc = read_json_object(folder, "policy.json", "a policy folder")
+    return default_task(list(doc.get("tasks", [])), env_id,
+                        list(doc.get("provenance", {}).get("target_tasks", [])))
+
+
 def run(cfg: EvalCommandConfig) -> int:
     from sim.evaluate import evaluate
     from vptr.runtime.artifact import SimPolicy
 
     folder, env_id = resolve(cfg)
-    task: int | str = cfg.task if cfg.task and not cfg.task.isdigit() else int(cfg.task or 0)
-    policy = SimPolicy(folder, device=cfg.device, task=task)
+    policy = SimPolicy(folder, device=cfg.device, task=policy_task(folder, env_id, cfg.task))
     kw = policy.env_kwargs(videos=cfg.videos > 0)
     if cfg.domain_shift >= 0:
         kw["domain_shift"] = cfg.domain_shift

@@ -22,6 +22,11 @@ Keys (B = batch size, S = frame stack, cameras by their dataset key ``<cam>``):
 
 ``images=False`` leaves the camera images out (the embeddings of a frozen encoder replace
 them).
+
+``prior_fraction`` > 0 (a target joined with prior data, :func:`vptr.data.mixture.join`):
+each batch draws :func:`~vptr.data.mixture.prior_count` chunks (``prior_fraction`` x batch
+size on average) uniformly from the prior episodes' starts and the rest from the target's,
+prior chunks first; still a function of (seed, rank, step) only.
 """
 
 from __future__ import annotations
@@ -32,15 +37,17 @@ import torch
 from vptr.data.augment import shift_numpy
 from vptr.data.batch import stack_times
 from vptr.data.chunks import chunk_index, chunk_returns, valid_starts
+from vptr.data.mixture import PRIOR, TARGET, prior_count
 from vptr.data.robot import RobotDataset
-from vptr.errors import DataError
+from vptr.errors import ConfigError, DataError
 
 
 class ChunkSampler:
     """Draws chunk batches of size ``h`` from ``ds``."""
 
     def __init__(self, ds: RobotDataset, h: int, discount: float, frame_stack: int = 1,
-                 shift_pad: int = 0, seed: int = 0, rank: int = 0, images: bool = True):
+                 shift_pad: int = 0, seed: int = 0, rank: int = 0, images: bool = True,
+                 prior_fraction: float = 0.0):
         self.ds, self.h, self.discount = ds, int(h), float(discount)
         self.images = bool(images)
         self.frame_stack, self.shift_pad = int(frame_stack), int(shift_pad)
@@ -51,13 +58,21 @@ class ChunkSampler:
                             f"episode is truncated and shorter than h + 1 rows)")
         self.returns_to_go = returns_to_go(ds.reward, ds.offsets, ds.lengths, ds.terminal,
                                            self.discount)
+        self.prior_fraction = float(prior_fraction)
+        self.pools = mixture_pools(ds, self.episode, self.h) if self.prior_fraction else None
 
     def __len__(self) -> int:
         return len(self.t)
 
     def sample(self, batch_size: int, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.rank, int(step)])
-        pick = rng.integers(0, len(self.t), size=batch_size)
+        if self.pools is None:
+            pick = rng.integers(0, len(self.t), size=batch_size)
+        else:
+            prior, target = self.pools
+            n = prior_count(rng, batch_size, self.prior_fraction)
+            pick = np.concatenate([prior[rng.integers(0, len(prior), size=n)],
+                                   target[rng.integers(0, len(target), size=batch_size - n)]])
         out = self.batch(self.episode[pick], self.t[pick], rng)
         out["step"] = torch.full((batch_size,), int(step), dtype=torch.int64)
         return out
@@ -96,6 +111,20 @@ class ChunkSampler:
             pad = self.shift_pad
             chw = shift_numpy(chw, rng.integers(0, 2 * pad + 1, size=(len(chw), 2)), pad)
         return torch.from_numpy(chw)
+
+
+def mixture_pools(ds: RobotDataset, episode: np.ndarray, h: int) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """(prior, target): positions in the valid starts of the prior and target episodes."""
+    if ds.part is None:
+        raise ConfigError("prior_fraction > 0 needs a target joined with prior data")
+    part = ds.part[episode]
+    prior, target = np.flatnonzero(part == PRIOR), np.flatnonzero(part == TARGET)
+    for name, pool in (("prior", prior), ("target", target)):
+        if len(pool) == 0:
+            raise DataError(f"{ds.source}: the {name} data have no chunk of {h} steps with a TD "
+                            "target")
+    return prior, target
 
 
 def stacked_images(ds: RobotDataset, cam: str, episode: np.ndarray, t: np.ndarray,

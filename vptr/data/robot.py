@@ -112,6 +112,9 @@ class RobotDataset:
     # "state" (the state_keys concatenated), "action", and each read feature's key -> names
     feature_names: dict[str, list[str]]
     state_widths: list[int] = field(default_factory=list)  # width of each state_keys feature
+    # (E,) int8 for a target joined with prior data (vptr.data.mixture.join): 0 = target
+    # episode, 1 = prior episode; None = a single dataset
+    part: np.ndarray | None = None
 
     @property
     def num_episodes(self) -> int:

@@ -97,12 +97,14 @@ def save_policy(out: Path, agent_name: str, agent_cfg: Any, nets: torch.nn.Modul
 
 
 def sim_policy(agent_name: str, agent_cfg: Any, nets: torch.nn.Module,
-               meta: Mapping[str, Any]) -> SimPolicy:
-    """The simulation wrapper around the agent's current weights (no files written)."""
+               meta: Mapping[str, Any], task: int | str = 0) -> SimPolicy:
+    """The simulation wrapper around the agent's current weights (no files written),
+    conditioned on ``task`` (a task string of ``meta["tasks"]`` or an index)."""
     actor = actor_of(agent_name, agent_cfg, nets, meta.get("encoder", "impala_small"),
                      bool(meta.get("channels_last", True)))
     doc = artifact_document(actor, {"agent": agent_name, **meta})
-    return SimPolicy(loaded=(doc, actor), device=str(next(actor.parameters()).device))
+    return SimPolicy(loaded=(doc, actor), device=str(next(actor.parameters()).device),
+                     task=task)
 
 
 def load_policy(folder: str | Path, device: str = "cpu", task: int | str = 0) -> SimPolicy:

@@ -15,6 +15,25 @@ pretrain`` run (``init=<run dir or encoder dir>``), or a timm model; ``mode`` ``
 (trained with the agent), ``scaled`` (trained at ``lr_scale`` x the learning rate) or
 ``frozen`` (not trained; each dataset row is embedded once before training and batches
 carry the embeddings instead of images — no random shift then).
+
+V-PTR's phases (spec: finetuning.md, "The V-PTR recipe"): phase 2 is a run on a multi-task
+prior dataset (``--data prior``: the agents condition on the task embedding); phase 3 fine-tunes
+on the target demos with ``--prior.data prior [...]`` mixed into every batch
+(``--prior.fraction``, V-PTR: 0.9) and ``--init.run <phase-2 run>``. The joined data, their
+task vocabulary (by task string, the target's first) and normalisation statistics (over the
+joined rows) are described in :mod:`vptr.data.mixture`.
+
+``--init.run DIR`` starts *every* network (trunks, heads, critics, policy, the target critic)
+from the latest checkpoint of an earlier ``vptr finetune`` run; the optimizer starts afresh,
+and the normalisers are refitted to this run's data (stored in ``normalization.json``). The
+agent and the architecture must match (refused, naming the difference); the task embedding
+is re-indexed by task string (rows of tasks the earlier run knew are copied, new tasks start
+fresh). The trunk architecture is the earlier run's, so ``--encoder.init`` (a pretrained
+trunk) cannot be combined with it: the earlier run already holds the trunk it was given.
+
+Evaluation in simulation conditions a multi-task policy on ``eval_task``, by default the
+evaluation environment's own instruction when the data have it, else the target dataset's
+first task (:func:`vptr.evaluate.default_task`).
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ from torch import nn
 
 from vptr import runs
 from vptr.config import config_hash, helpfield, to_dict
+from vptr.data.mixture import target_tasks
 from vptr.data.robot import RobotDataset, RobotSourceConfig
 from vptr.errors import ConfigError, DataError
 from vptr.files import atomic_write_text
@@ -64,6 +84,29 @@ class EncoderOptions:
 
 
 @dataclass(frozen=True)
+class PriorOptions:
+    """Prior robot data of other tasks mixed into every batch (V-PTR's phase 3)."""
+
+    data: tuple[str, ...] = helpfield((), "prior datasets (LeRobot folders or robomimic files, "
+                                          "read with the same --source options) joined to "
+                                          "--data; empty = target data only")
+    fraction: float = helpfield(0.9, "share of every batch drawn from the prior data "
+                                     "(V-PTR: 0.9)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ConfigError(f"prior.fraction must be in (0, 1), got {self.fraction}")
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    """Where every network starts from."""
+
+    run: str = helpfield("", "an earlier `vptr finetune` run: all its networks (trunks, heads, "
+                             "critics, policy) from its latest checkpoint ('' = new networks)")
+
+
+@dataclass(frozen=True)
 class FinetuneOptions:
     """The options of every fine-tuning run; :class:`FinetuneConfig` adds one section per
     registered agent (``--qc.target-samples``, ...)."""
@@ -83,6 +126,9 @@ class FinetuneOptions:
     eval_episodes: int = helpfield(20, "episodes per evaluation")
     eval_workers: int = helpfield(0, "evaluation environment processes (0 = in-process)")
     eval_seed: int = helpfield(100_000, "reset seed of the first evaluation episode")
+    eval_task: str = helpfield("", "task string a multi-task policy is evaluated on ('' = the "
+                                   "eval env's instruction if the data have it, else the "
+                                   "target dataset's first task)")
     videos: int = helpfield(2, "episodes filmed (mp4) at the final evaluation")
     log_every: int = helpfield(50, "steps between TensorBoard scalars")
     checkpoint_every: int = helpfield(500, "steps between checkpoints")
@@ -97,6 +143,10 @@ class FinetuneOptions:
         "help": "which dataset features are read, and how"})
     encoder: EncoderOptions = field(default_factory=EncoderOptions, metadata={
         "help": "image trunk: initialisation and training mode"})
+    prior: PriorOptions = field(default_factory=PriorOptions, metadata={
+        "help": "prior data of other tasks mixed into every batch (V-PTR phase 3)"})
+    init: InitOptions = field(default_factory=InitOptions, metadata={
+        "help": "start every network from an earlier run (V-PTR phase 3 from phase 2)"})
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -109,6 +159,10 @@ class FinetuneOptions:
                      "videos"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.init.run and (self.encoder.init or self.encoder.weights):
+            raise ConfigError("init.run starts every network, the trunks included, from an "
+                              "earlier run; drop --encoder.init/--encoder.weights (that run "
+                              "already holds the trunk it started from)")
         if self.encoder.mode == "frozen" and self.shift_pad:
             raise ConfigError("shift_pad: a frozen encoder's embeddings are computed once, "
                               "without augmentation; set --shift-pad 0")
@@ -127,7 +181,12 @@ class FinetuneOptions:
 
     def run_dir(self) -> Path:
         others = tuple(a for a in AGENTS if a != self.agent)
-        name = self.run_name or f"{self.agent}-{config_hash(self, exclude=_NOT_IN_HASH + others)}"
+        # options at their defaults leave the hash (and so the run names) of older runs as
+        # they were before the options existed
+        unset = tuple(k for k, v in (("prior", PriorOptions()), ("init", InitOptions()))
+                      if getattr(self, k) == v)
+        exclude = _NOT_IN_HASH + others + unset
+        name = self.run_name or f"{self.agent}-{config_hash(self, exclude=exclude)}"
         return Path(self.out_dir) / name
 
 
@@ -140,7 +199,7 @@ FinetuneConfig = dataclasses.make_dataclass(
                "__module__": __name__})
 
 _NOT_IN_HASH = ("out_dir", "run_name", "log_every", "checkpoint_every", "eval_every",
-                "eval_episodes", "eval_workers", "eval_env", "eval_seed", "videos",
+                "eval_episodes", "eval_workers", "eval_env", "eval_seed", "eval_task", "videos",
                 "num_workers", "progress", "threads", "steps", "device", "compile",
                 "source.frames.progress", "source.frames.decode_workers",
                 "source.frames.decode_pool", "source.frames.cache_dir",
@@ -158,15 +217,18 @@ def train(cfg: FinetuneConfig, stop_after: int | None = None) -> dict[str, Any]:
     agent, acfg = get_agent(cfg.agent), cfg.agent_cfg
     with core.session(cfg.device, cfg.threads, cfg.deterministic, cfg.amp, cfg.compile) as s:
         ds = open_data(cfg, s)
+        eval_task(cfg, ds)  # a task the data do not have fails now, not after training
         spec, trunks = data_spec(cfg, ds), trunk_factory(cfg, ds)
         nets, step_fn, embed = build_training(cfg, agent, spec, trunks, ds, s)
         with core.run_directory(cfg.run_dir(), to_dict(cfg), s) as run_dir:
             atomic_write_text(run_dir / "normalization.json", json.dumps(ds.stats(), indent=2))
             ckpt = core.Checkpointer(run_dir, s, checkpointed_modules(nets, step_fn),
-                                     step_fn.state, {"agent": cfg.agent})
+                                     step_fn.state, {"agent": cfg.agent, "tasks": ds.tasks,
+                                                     "encoder": encoder_name(cfg)})
             start, history = ckpt.restore()
             sampler = ChunkSampler(ds, acfg.sample_horizon(), acfg.discount, cfg.frame_stack,
-                                   cfg.shift_pad, cfg.seed, s.dist.rank, images=embed is None)
+                                   cfg.shift_pad, cfg.seed, s.dist.rank, images=embed is None,
+                                   prior_fraction=cfg.prior.fraction if cfg.prior.data else 0.0)
             batches = s.closing(core.BatchIterator(stream_loader(
                 sampler, acfg.batch_size, start, cfg.num_workers)))
             ckpt.restore_rng()
@@ -193,18 +255,21 @@ def train(cfg: FinetuneConfig, stop_after: int | None = None) -> dict[str, Any]:
 
 
 def open_data(cfg: FinetuneConfig, s: core.Session | None = None) -> RobotDataset:
-    """The dataset, validated (before the run directory exists: bad data creates nothing).
+    """The dataset, validated (before the run directory exists: bad data creates nothing),
+    joined with the prior datasets when there are any (:func:`vptr.data.mixture.join`).
     Rank 0 decodes the images into the frame cache first; the other ranks then open it."""
+    from vptr.data.mixture import join
     from vptr.data.robot import open_robot_dataset
 
     if s is not None and not s.is_main:
         s.barrier()
     ds = open_robot_dataset(cfg.data, cfg.source)
+    priors = [open_robot_dataset(p, cfg.source) for p in cfg.prior.data]
     if s is not None and s.is_main:
         s.barrier()
     if ds.state is None and not ds.cameras:
         raise DataError(f"{cfg.data}: neither a state nor a camera feature to learn from")
-    return ds
+    return join(ds, priors) if priors else ds
 
 
 def data_spec(cfg: FinetuneConfig, ds: RobotDataset) -> DataSpec:
@@ -223,12 +288,12 @@ def trunk_factory(cfg: FinetuneConfig, ds: RobotDataset):
     if not spec.cameras:
         return dict
     base = pretrained_trunk(cfg, spec) if cfg.encoder.init else None
-    if base is None:
+    if base is None:  # a new trunk (with init.run: the earlier run's architecture, loaded later)
         core.seed_everything(cfg.seed)
         kw = {"weights": cfg.encoder.weights} if cfg.encoder.weights else {}
         from vptr.nets.encoders import make_encoder
 
-        base = make_encoder(cfg.encoder.name, 3 * spec.frame_stack, spec.image_size,
+        base = make_encoder(encoder_name(cfg), 3 * spec.frame_stack, spec.image_size,
                             channels_last=cfg.encoder.channels_last, **kw)
     if cfg.encoder.mode == "frozen":
         base.requires_grad_(False).eval()
@@ -262,6 +327,12 @@ def encoder_folder(cfg: FinetuneConfig) -> Path:
 
 
 def encoder_name(cfg: FinetuneConfig) -> str:
+    """The trunk architecture: the earlier run's (init.run), the pretrained encoder's
+    (encoder.init), else encoder.name."""
+    if cfg.init.run:
+        from vptr.train.warm_start import trunk_name
+
+        return trunk_name(cfg.init.run)
     if cfg.encoder.init:
         from vptr.nets.weights import read_encoder_config
 
@@ -276,13 +347,22 @@ def build_training(cfg: FinetuneConfig, agent: Agent, spec: DataSpec, trunks, ds
     acfg = cfg.agent_cfg
     nets = agent.create(acfg, spec, trunks)
     stats = ds.stats()
-    nets.action_norm.fit(stats["action"])
-    for enc in encoders_of(nets):
-        if enc.state_norm is not None:
-            enc.state_norm.fit(stats["state"])
+    fit_normalizers(nets, stats)
     nets = nets.to(s.device)
     part = agent.target_of(nets)
     target = core.make_target(part) if part is not None else None
+    if cfg.init.run:
+        from vptr.train.warm_start import load_run_weights
+
+        modules = {"nets": nets} | ({"target": target} if target is not None else {})
+        state = load_run_weights(cfg.init.run, modules, cfg.agent, ds.tasks, to_dict(cfg))
+        if s.is_main:
+            print(f"every network starts from {cfg.init.run} (step {state.get('step')})")
+        fit_normalizers(nets, stats)  # this run's data; the target copies the online buffers
+        if target is not None:
+            with torch.no_grad():
+                for tb, ob in zip(target.buffers(), part.buffers(), strict=True):
+                    tb.copy_(ob)
     s.seed_rank(cfg.seed)
     opt = torch.optim.Adam(param_groups(cfg, nets), lr=acfg.lr, eps=acfg.adam_eps)
     targets = ((target, part, float(acfg.target_rate)),) if target is not None else ()
@@ -290,6 +370,14 @@ def build_training(cfg: FinetuneConfig, agent: Agent, spec: DataSpec, trunks, ds
     frozen = cfg.encoder.mode == "frozen" and bool(ds.cameras)
     embed = frozen_embeddings(cfg, nets, ds, s) if frozen else None
     return nets, core.TrainStep(module, s, opt, targets), embed
+
+
+def fit_normalizers(nets: nn.Module, stats: dict[str, Any]) -> None:
+    """Action and state normalisers from the (joined) dataset's statistics."""
+    nets.action_norm.fit(stats["action"])
+    for enc in encoders_of(nets):
+        if enc.state_norm is not None:
+            enc.state_norm.fit(stats["state"])
 
 
 def encoders_of(nets: nn.Module) -> list[nn.Module]:
@@ -351,12 +439,30 @@ def policy_meta(cfg: FinetuneConfig, ds: RobotDataset, step: int) -> dict[str, A
             "fps": ds.fps, "tasks": ds.tasks, "action_names": ds.feature_names.get(
                 cfg.source.action_key, []),
             "provenance": {"dataset": str(cfg.data), "step": step, "seed": cfg.seed,
-                           "encoder_init": cfg.encoder.init, "encoder_mode": cfg.encoder.mode}}
+                           "encoder_init": cfg.encoder.init, "encoder_mode": cfg.encoder.mode,
+                           "target_tasks": target_tasks(ds),
+                           **({"prior_data": list(cfg.prior.data),
+                               "prior_fraction": cfg.prior.fraction} if cfg.prior.data else {}),
+                           **({"init_run": cfg.init.run} if cfg.init.run else {})}}
+
+
+def eval_task(cfg: FinetuneConfig, ds: RobotDataset) -> str | int:
+    """The task a multi-task policy is evaluated on (``eval_task``, else
+    :func:`vptr.evaluate.default_task`)."""
+    from vptr.evaluate import default_task
+
+    if cfg.eval_task:
+        if cfg.eval_task not in ds.tasks:
+            raise ConfigError(f"eval_task {cfg.eval_task!r} is not a task of the data "
+                              f"(tasks: {ds.tasks})")
+        return cfg.eval_task
+    return default_task(ds.tasks, cfg.eval_env, target_tasks(ds)) if cfg.eval_env else 0
 
 
 def acting_policy(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset,
                   step: int):
-    return sim_policy(cfg.agent, cfg.agent_cfg, nets, policy_meta(cfg, ds, step))
+    return sim_policy(cfg.agent, cfg.agent_cfg, nets, policy_meta(cfg, ds, step),
+                      task=eval_task(cfg, ds))
 
 
 def evaluate_now(cfg: FinetuneConfig, nets: nn.Module, ds: RobotDataset, s: core.Session,
