@@ -146,7 +146,7 @@ def test_imitation_rows_pool_seeds_with_wilson_intervals_and_pair_with_the_basel
 
 
 def test_markdown_lists_every_probe():
-    from vptr.probe import markdown
+    from vptr.diagnostics.probe_table import markdown
 
     report = {
         "encoder": {"label": "enc"}, "split_note": "Split 'val'", "machine": "m",
