@@ -152,9 +152,24 @@ class FlowPolicy(nn.Module):
         self.chunk_dim = self.horizon * self.action_dim
         self.net = make_mlp(obs_dim + self.chunk_dim + 1, (*hidden, self.chunk_dim),
                             activation="gelu", layer_norm=layer_norm)
+        self.obs_dim = int(obs_dim)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([z, x, u.reshape(-1, 1).to(x.dtype)], dim=-1))
+
+    def condition(self, z: torch.Tensor) -> torch.Tensor:
+        """The observation's share of the first layer, ``W_z z`` (B, H): the same at every
+        Euler step, so a sampler computes it once (:meth:`step`)."""
+        return F.linear(z, self.net[0].weight[:, :self.obs_dim])
+
+    def step(self, cond: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``forward(z, x, u)`` from ``cond = condition(z)`` (equal up to rounding)."""
+        first = self.net[0]
+        xu = torch.cat([x, u.reshape(-1, 1).to(x.dtype)], dim=-1)
+        h = torch.addmm(first.bias, xu, first.weight[:, self.obs_dim:].T) + cond
+        for layer in itertools.islice(self.net, 1, None):
+            h = layer(h)
+        return h
 
 
 def euler_sample(policy: FlowPolicy, z: torch.Tensor, steps: int,
@@ -167,9 +182,10 @@ def euler_sample(policy: FlowPolicy, z: torch.Tensor, steps: int,
     x = noise if noise is not None else torch.randn(z.shape[0], policy.chunk_dim,
                                                     device=z.device, dtype=z.dtype)
     dt = 1.0 / steps
+    cond = policy.condition(z)  # once, not once per step
     for i in range(steps):
         u = torch.full((z.shape[0],), i * dt, device=z.device, dtype=z.dtype)
-        x = x + dt * policy(z, x, u)
+        x = x + dt * policy.step(cond, x, u)
     return rearrange(x.clamp(-1.0, 1.0), "b (h d) -> b h d", h=policy.horizon)
 
 

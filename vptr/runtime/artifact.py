@@ -323,11 +323,12 @@ def guided_chunks(actor: ChunkActor, batch: dict[str, torch.Tensor], prefix: tor
     batch = actor.with_features(batch)
     with torch.no_grad():
         z = repeat(actor.policy.encoder(batch, "obs"), "b f -> (b n) f", n=n)
+        cond = flow.condition(z)
     target = repeat(actor.action_norm(prefix), "b h d -> (b n) h d", n=n)
 
     def velocity(x: torch.Tensor, tau: float) -> torch.Tensor:
         u = torch.full((x.shape[0],), tau, device=x.device, dtype=x.dtype)
-        return flow(z, rearrange(x, "b h d -> b (h d)"), u).reshape(x.shape)
+        return flow.step(cond, rearrange(x, "b h d -> b (h d)"), u).reshape(x.shape)
 
     noise = torch.randn(z.shape[0], flow.horizon, flow.action_dim, device=z.device, dtype=z.dtype)
     x = guided_sample(velocity, noise, actor.cfg.flow_steps, target, weights.to(z.dtype),

@@ -254,3 +254,12 @@ def test_corft_policy_term_moves_the_policy_not_the_critic():
     assert a_pi.grad.abs().sum() > 0
     assert all(p.grad is None for p in nets.q.heads.parameters())
     _ = corft  # the module under test
+
+
+def test_flow_step_from_the_condition_equals_the_full_forward():
+    from vptr.nets.policy import FlowPolicy
+
+    torch.manual_seed(0)
+    flow = FlowPolicy(obs_dim=7, horizon=3, action_dim=2, hidden=(16, 16))
+    z, x, u = torch.randn(5, 7), torch.randn(5, 6), torch.rand(5)
+    torch.testing.assert_close(flow.step(flow.condition(z), x, u), flow(z, x, u))
