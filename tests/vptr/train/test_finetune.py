@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +285,154 @@ def test_multi_task_policy_is_conditioned_by_task_string(tmp_path):
     assert a.shape == (3, 5, 5) and not np.allclose(a, b)  # the task changes the action
     with pytest.raises(DataError, match="unknown task 'fly'"):
         load_policy(result["policy"], task="fly")
+
+
+# ----------------------------------------------------------------------------- V-PTR phases
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+    """Multi-task prior data of two other tasks (V-PTR's phase-2 data)."""
+    from sim.generate import RobotDataConfig, generate_robot
+
+    cfg = RobotDataConfig(tasks=("vptr/Lift-v0", "vptr/Push-v0"), episodes_per_task=2,
+                          image_size=SIZE, data_dir=tmp_path_factory.mktemp("prior"))
+    return generate_robot(cfg, log=lambda m: None)[0]
+
+
+def phase3(robot_dir, prior_dir, tmp_path, **values) -> FinetuneConfig:
+    return config(robot_dir, tmp_path, **{"prior.data": (str(prior_dir),),
+                                          "prior.fraction": 0.75, **values})
+
+
+def test_resume_with_prior_mixing_matches_an_uninterrupted_run(robot_dir, prior_dir, tmp_path):
+    crashed = phase3(robot_dir, prior_dir, tmp_path / "b", agent="flowbc")
+    train(phase3(robot_dir, prior_dir, tmp_path / "a", agent="flowbc"))
+    assert train(crashed, stop_after=4)["stopped"]
+    assert train(crashed)["step"] == 6
+    a, b = weights(tmp_path / "a" / "runs" / "r"), weights(tmp_path / "b" / "runs" / "r")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_init_run_copies_every_network_and_reindexes_task_rows(robot_dir, prior_dir, tmp_path):
+    from vptr.finetune import get_agent
+    from vptr.train import core
+    from vptr.train.finetune_loop import build_training, data_spec, open_data, trunk_factory
+
+    phase2 = train(config(prior_dir, tmp_path / "p2", agent="qc"))  # multi-task prior only
+    old = weights(tmp_path / "p2" / "runs" / "r")
+    cfg = phase3(robot_dir, prior_dir, tmp_path / "p3", agent="qc",
+                 **{"init.run": phase2["run_dir"]})
+    ds = open_data(cfg)
+    old_tasks = json.loads((tmp_path / "p2" / "runs" / "r" / "policy" / "policy.json")
+                           .read_text())["tasks"]
+    assert ds.tasks[0] == "reach the red ball" and set(ds.tasks[1:]) == set(old_tasks)
+    with core.session("cpu") as s:
+        nets, step, _ = build_training(cfg, get_agent("qc"), data_spec(cfg, ds),
+                                       trunk_factory(cfg, ds), ds, s)
+    from vptr.nets.weights import state_dict_to_safetensors
+    from vptr.train.finetune_loop import checkpointed_modules
+
+    new = state_dict_to_safetensors(checkpointed_modules(nets, step))
+    assert new.keys() == old.keys() and any(k.startswith("target.") for k in new)
+    rows = [k for k in new if k.endswith(".task.weight")]
+    norms = [k for k in new if "_norm." in k]
+    assert rows and norms
+    for k in new:
+        if k in rows:  # 3 tasks now, 2 before: rows follow the task strings
+            assert new[k].shape[0] == 3 and old[k].shape[0] == 2
+            for i, task in enumerate(ds.tasks[1:], start=1):
+                torch.testing.assert_close(new[k][i], old[k][old_tasks.index(task)])
+            assert not any(torch.allclose(new[k][0], r) for r in old[k])  # new task: fresh
+        elif k not in norms:  # trunks, heads, critics, policy, the target critic
+            torch.testing.assert_close(new[k], old[k], rtol=0, atol=0, msg=k)
+    # the normalisers are refitted to the joined data (target + prior), as stored
+    stats = ds.stats()["action"]
+    lo, hi = torch.tensor(stats["min"]), torch.tensor(stats["max"])
+    torch.testing.assert_close(nets.action_norm.shift, (hi + lo) / 2)
+    # and a fresh run (no init.run) does not start from those weights: the test can fail
+    fresh = phase3(robot_dir, prior_dir, tmp_path / "p3b", agent="qc")
+    with core.session("cpu") as s:
+        nets2, step2, _ = build_training(fresh, get_agent("qc"), data_spec(fresh, ds),
+                                         trunk_factory(fresh, ds), ds, s)
+    w2 = state_dict_to_safetensors(checkpointed_modules(nets2, step2))
+    assert not torch.equal(w2["nets.policy.flow.net.0.weight"], old["nets.policy.flow.net.0.weight"])
+
+
+def test_init_run_that_does_not_fit_is_refused_before_a_run_directory_exists(
+        robot_dir, prior_dir, tmp_path):
+    phase2 = train(config(prior_dir, tmp_path / "p2", agent="flowbc", steps=3))
+    init = {"init.run": phase2["run_dir"]}
+    cases = [({"agent": "qc"}, "init.run is a 'flowbc' run, this run's agent is 'qc'"),
+             ({"agent": "flowbc", "flowbc.hidden": (16, 16)},
+              "flowbc.hidden [32, 32] vs [16, 16]"),
+             ({"agent": "flowbc", "prior.data": ()},
+              "it has a task embedding, this run has one task")]
+    for values, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            train(phase3(robot_dir, prior_dir, tmp_path, **{**init, **values}))
+        assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match=r"drop --encoder\.init"):
+        phase3(robot_dir, prior_dir, tmp_path, **init, **{"encoder.init": phase2["run_dir"]})
+    with pytest.raises(DataError, match="not a `vptr finetune` run directory"):
+        train(phase3(robot_dir, prior_dir, tmp_path, **{"init.run": str(tmp_path / "p2")}))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="no checkpoint"):
+        train(phase3(robot_dir, prior_dir, tmp_path, **{"init.run": str(tmp_path / "empty")}))
+
+
+def test_an_incompatible_prior_dataset_is_refused_before_training(robot_dir, tmp_path):
+    from sim.generate import RobotDataConfig, generate_robot
+
+    wrist, _ = generate_robot(RobotDataConfig(tasks=("vptr/Lift-v0",), episodes_per_task=1,
+                                              image_size=SIZE, cameras=("wrist",),
+                                              data_dir=tmp_path / "data"), log=lambda m: None)
+    # the object state of another single task means other things: refused by name
+    with pytest.raises(DataError, match=r"'observation\.environment_state' names its entry 0 "
+                                        r"'cube_pos_x', the target 'target_pos_x'"):
+        train(config(robot_dir, tmp_path, **{"prior.data": (str(wrist),)}))
+    cfg = config(robot_dir, tmp_path, **{"prior.data": (str(wrist),),
+                                         "source.state_keys": ("observation.state",)})
+    with pytest.raises(DataError) as e:
+        train(cfg)
+    msg = str(e.value)
+    assert msg.startswith(f"{wrist}: cannot be mixed with the target dataset {robot_dir}")
+    assert "cameras ['observation.images.wrist'], the target's ['observation.images.front']" \
+        in msg
+    assert not (tmp_path / "runs").exists()
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run([sys.executable, "-m", "vptr", "finetune", "--data", str(robot_dir),
+                          "--prior.data", str(wrist), "--source.frames.cache-dir",
+                          str(tmp_path / "cache"), "--out-dir", str(tmp_path / "runs"),
+                          "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("vptr: error: ")
+    assert "cannot be mixed" in out.stderr
+    with pytest.raises(ConfigError, match=r"prior\.fraction"):
+        config(robot_dir, tmp_path, **{"prior.data": (str(wrist),), "prior.fraction": 1.0})
+
+
+def test_evaluation_conditions_a_multi_task_policy_on_the_target_task(robot_dir, prior_dir,
+                                                                      tmp_path):
+    from vptr.evaluate import default_task, policy_task
+    from vptr.train.finetune_loop import eval_task, open_data
+
+    cfg = phase3(robot_dir, prior_dir, tmp_path, agent="flowbc", eval_env="vptr/Reach-v0",
+                 eval_episodes=1, videos=0, steps=2, checkpoint_every=2, log_every=2)
+    ds = open_data(cfg)
+    assert eval_task(cfg, ds) == "reach the red ball"
+    # the eval env's own instruction wins over the target's task; else the target's
+    tasks = ["reach the red ball", "pick up the red cube"]
+    assert default_task(tasks, "vptr/Lift-v0", ["reach the red ball"]) == "pick up the red cube"
+    assert default_task(tasks, "vptr/Stack-v0", ["reach the red ball"]) == "reach the red ball"
+    assert default_task(["x"], "vptr/Lift-v0", []) == 0
+    result = train(cfg)
+    doc = json.loads((tmp_path / "runs" / "r" / "policy" / "policy.json").read_text())
+    assert doc["provenance"]["target_tasks"] == ["reach the red ball"]
+    assert doc["provenance"]["prior_fraction"] == 0.75 and len(doc["tasks"]) == 3
+    assert policy_task(Path(result["policy"]), "vptr/Reach-v0", "") == "reach the red ball"
+    assert policy_task(Path(result["policy"]), "vptr/Reach-v0", "2") == 2
+    with pytest.raises(ConfigError, match="eval_task 'fly' is not a task"):
+        train(phase3(robot_dir, prior_dir, tmp_path / "x", eval_task="fly"))
