@@ -26,6 +26,9 @@ def test_config_parses(path):
         from vptr.experiment import ExperimentConfig, plan, validate_cells
 
         grid = build_config(ExperimentConfig, values, where=str(path))
-        validate_cells(plan(grid, Path("video"), Path("robot")))  # every cell's run config
+        validate_cells(plan(grid, Path("video"), Path("robot"), Path("prior")))  # every cell
+        from vptr.experiment import data_configs
+
+        data_configs(grid)  # the [video], [robot] and [prior] tables
     else:
         pytest.fail(f"{path}: no config class is known for this file")

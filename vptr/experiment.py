@@ -16,10 +16,21 @@ The grid file (TOML, ``--config``) names the arms and the shared settings::
     [pretrain_arms.icvf]   # per arm (objective = the arm's name unless given)
     [finetune]         # FinetuneConfig values shared by every fine-tuning cell
     [finetune_agents.qc]   # per agent
+    [prior]            # optional: RobotDataConfig values of the prior data (V-PTR phases 2-3)
+    prior_fraction = 0.9   # share of prior chunks in every phase-3 batch
+    [prior_finetune]   # FinetuneConfig values of the phase-2 runs (over [finetune])
 
 Cells: ``pretrain/<arm>/seed<k>`` (a ``vptr pretrain`` run) and
-``finetune/<arm>/<agent>/seed<k>`` (a ``vptr finetune`` run from that pretraining's
-encoder, then a test evaluation on ``eval_episodes`` episodes from ``test_seed``). Each
+``finetune/<arm>/<agent>/seed<k>`` (a ``vptr finetune`` run on the target demos, then a
+test evaluation on ``eval_episodes`` episodes from ``test_seed``, the policy conditioned on
+the target's task). Without ``[prior]`` a fine-tuning cell starts from the pretraining's
+encoder. With it the grid follows V-PTR's phases: ``prior/<arm>/<agent>/seed<k>`` (phase 2:
+multi-task fine-tuning on the prior data of other tasks — ``[prior]`` values over
+``[robot]``'s, e.g. ``tasks`` and ``episodes_per_task`` — from the pretrained trunk), and the
+fine-tuning cell (phase 3) starts every network from that run (``--init.run``) and mixes
+prior and target data in every batch (``--prior.data``, ``--prior.fraction``). A cell's key
+hashes its config and the key of the cell it starts from, so a changed pretraining or
+phase 2 reruns what depends on it. Each
 cell works in its own directory and writes ``cell.json`` when it is done; a rerun skips
 done cells and resumes interrupted ones (the runs resume from their last checkpoint), so
 the grid can be filled over several sittings and on several machines sharing the folder
@@ -79,6 +90,14 @@ class ExperimentConfig:
                                                                    "FinetuneConfig values"})
     finetune_agents: dict = field(default_factory=dict, metadata={"help": "TOML tables: "
                                                                           "per-agent values"})
+    prior: dict = field(default_factory=dict, metadata={
+        "help": "TOML table: RobotDataConfig values of the prior data of other tasks (over "
+                "[robot]'s); empty = no V-PTR phases 2-3"})
+    prior_fraction: float = helpfield(0.9, "share of prior chunks in every batch of the "
+                                           "target fine-tuning (V-PTR: 0.9)")
+    prior_finetune: dict = field(default_factory=dict, metadata={
+        "help": "TOML table: FinetuneConfig values of the phase-2 (prior data) runs, over "
+                "[finetune] and [finetune_agents]"})
     data_dir: Path | None = helpfield(None, "generated-data cache (default: $VPTR_DATA_DIR or "
                                             "./data)")
     cells: tuple[str, ...] = helpfield((), "run only cells whose id matches one of these "
@@ -96,7 +115,8 @@ class ExperimentConfig:
                 raise ConfigError(f"{what}: repeated entries in {list(values)}")
         if self.eval_episodes < 1 or self.max_cells < 0:
             raise ConfigError("eval_episodes must be >= 1 and max_cells >= 0")
-        for name in ("video", "robot", "pretrain", "pretrain_arms", "finetune", "finetune_agents"):
+        for name in ("video", "robot", "pretrain", "pretrain_arms", "finetune", "finetune_agents",
+                     "prior", "prior_finetune"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name}: expected a TOML table")
         for name in ("pretrain_arms", "finetune_agents"):  # --config flattens the tables
@@ -107,10 +127,30 @@ class ExperimentConfig:
         unknown = set(self.finetune_agents) - set(self.agents)
         if unknown:
             raise ConfigError(f"finetune_agents: {sorted(unknown)} are not in agents")
+        if not 0.0 < self.prior_fraction < 1.0:
+            raise ConfigError(f"prior_fraction must be in (0, 1), got {self.prior_fraction}")
+        if self.prior_finetune and not self.prior:
+            raise ConfigError("prior_finetune: configures phase 2, which needs a [prior] table")
+        if self.prior:
+            tasks = set(_as_tuple(self.prior.get("tasks", ())))
+            target = set(_as_tuple(self.robot.get("tasks", ("vptr/Lift-v0",))))
+            if len(tasks) < 2 and not target <= tasks:
+                raise ConfigError(f"prior.tasks: give two or more tasks, got {sorted(tasks)} "
+                                  "(a one-task phase 2 has no task embedding for the target's "
+                                  "task to join)")
+
+    @property
+    def phases(self) -> bool:
+        """V-PTR's phases 2-3 (prior data) are in the grid."""
+        return bool(self.prior)
 
     @property
     def root(self) -> Path:
         return Path(self.out_dir) / self.name
+
+
+def _as_tuple(v: Any) -> tuple:
+    return (v,) if isinstance(v, str) else tuple(v)
 
 
 def _by_arm(d: dict, what: str) -> dict[str, dict]:
@@ -135,16 +175,22 @@ def _by_arm(d: dict, what: str) -> dict[str, dict]:
 @dataclass
 class Cell:
     id: str
-    kind: str  # "pretrain" or "finetune"
+    kind: str  # "pretrain", "prior" (V-PTR phase 2) or "finetune"
     arm: str
     seed: int
     agent: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # the run's resolved values
     needs: str = ""  # id of the cell whose result this one reads
+    after: str = ""  # key of that cell (part of this cell's key)
+    stored_key: str = ""  # the key a record on disk gives (summary of stored cells)
 
     @property
     def key(self) -> str:
-        text = json.dumps(self.config, sort_keys=True, default=str)
+        if self.stored_key:
+            return self.stored_key
+        doc: Any = self.config if not self.after else {"config": self.config,
+                                                       "after": self.after}
+        text = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -172,8 +218,10 @@ def with_base_file(values: dict) -> dict:
     return {**flatten(load_toml(path)), **values}
 
 
-def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None) -> list[Cell]:
-    """Every cell of the grid in run order (pretrainings first), with its run config."""
+def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None,
+         prior: Path | None = Path("prior")) -> list[Cell]:
+    """Every cell of the grid in run order (pretrainings, then phase 2, then the target
+    fine-tuning), with its run config and the key of the cell it starts from."""
     cells: list[Cell] = []
     for arm in cfg.pretrainings:
         if arm == "none":
@@ -183,14 +231,31 @@ def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None) -> list[
         for seed in cfg.seeds:
             cells.append(Cell(f"pretrain/{arm}/seed{seed}", "pretrain", arm, seed,
                               config=_merge(values, {"data": str(video), "seed": seed})))
+    for arm in cfg.pretrainings if cfg.phases else ():
+        for agent in cfg.agents:
+            values = with_base_file(_merge(_merge(cfg.finetune, cfg.finetune_agents.get(agent, {})),
+                                           cfg.prior_finetune))
+            for seed in cfg.seeds:  # the prior tasks only: no evaluation on the target here
+                needs = "" if arm == "none" else f"pretrain/{arm}/seed{seed}"
+                cells.append(Cell(f"prior/{arm}/{agent}/seed{seed}", "prior", arm, seed, agent,
+                                  _merge(values, {"data": str(prior), "agent": agent,
+                                                  "seed": seed, "eval_env": ""}), needs))
     for arm in cfg.pretrainings:
         for agent in cfg.agents:
             values = with_base_file(_merge(cfg.finetune, cfg.finetune_agents.get(agent, {})))
+            if cfg.phases:
+                values = _merge(values, {"prior.data": [str(prior)],
+                                         "prior.fraction": cfg.prior_fraction})
             for seed in cfg.seeds:
-                needs = "" if arm == "none" else f"pretrain/{arm}/seed{seed}"
+                needs = (f"prior/{arm}/{agent}/seed{seed}" if cfg.phases else
+                         "" if arm == "none" else f"pretrain/{arm}/seed{seed}")
                 cells.append(Cell(f"finetune/{arm}/{agent}/seed{seed}", "finetune", arm, seed,
                                   agent, _merge(values, {"data": str(robot), "agent": agent,
                                                          "seed": seed}), needs))
+    keys: dict[str, str] = {}
+    for cell in cells:  # run order: a cell's dependency comes before it
+        cell.after = keys[cell.needs] if cell.needs else ""
+        keys[cell.id] = cell.key
     return cells
 
 
@@ -271,18 +336,37 @@ def run_pretrain_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dic
     return {"run_dir": result["run_dir"], "step": result.get("step")}
 
 
-def run_finetune_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) -> dict:
-    from sim.evaluate import evaluate
+def start_from(cell: Cell, deps: dict) -> dict[str, Any]:
+    """What a fine-tuning run starts from: a phase-2 run (every network) or a pretraining
+    run (the trunk)."""
+    if not cell.needs:
+        return {}
+    run_dir = deps[cell.needs]["run_dir"]
+    return {"init.run": run_dir} if cell.needs.startswith("prior/") else {"encoder.init": run_dir}
+
+
+def finetune_run(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) -> dict:
     from vptr.config import build_config
-    from vptr.runtime.artifact import SimPolicy
     from vptr.train.finetune_loop import FinetuneConfig, train
 
     over: dict[str, Any] = {"out_dir": str(folder / "runs"), "run_name": cell.key,
-                            "progress": cfg.progress}
-    if cell.needs:
-        over["encoder.init"] = deps[cell.needs]["run_dir"]
-    result = train(build_config(FinetuneConfig, _merge(cell.config, over), where=cell.id))
-    policy = SimPolicy(Path(result["run_dir"]) / "policy")
+                            "progress": cfg.progress, **start_from(cell, deps)}
+    return train(build_config(FinetuneConfig, _merge(cell.config, over), where=cell.id))
+
+
+def run_prior_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) -> dict:
+    result = finetune_run(cfg, cell, folder, deps)
+    return {"run_dir": result["run_dir"], "step": result.get("step")}
+
+
+def run_finetune_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) -> dict:
+    from sim.evaluate import evaluate
+    from vptr.evaluate import policy_task
+    from vptr.runtime.artifact import SimPolicy
+
+    result = finetune_run(cfg, cell, folder, deps)
+    folder_policy = Path(result["run_dir"]) / "policy"
+    policy = SimPolicy(folder_policy, task=policy_task(folder_policy, cfg.eval_env, ""))
     t = time.time()
     report = evaluate(policy, cfg.eval_env, episodes=cfg.eval_episodes, seed=cfg.test_seed,
                       env_kwargs=policy.env_kwargs(), report_path=folder / "test_eval.json",
@@ -292,10 +376,11 @@ def run_finetune_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dic
             "episodes": report["episodes"],
             "successes": [bool(e["success"]) for e in report["per_episode"]],
             "episode_seeds": [int(e["seed"]) for e in report["per_episode"]],
-            "eval_s": time.time() - t}
+            "task": policy.task_index, "eval_s": time.time() - t}
 
 
 RUNNERS: dict[str, Callable[..., dict]] = {"pretrain": run_pretrain_cell,
+                                           "prior": run_prior_cell,
                                            "finetune": run_finetune_cell}
 
 
@@ -380,6 +465,7 @@ def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
     rows, outcomes = [], {}
     records = {c.id: r for c in cells if (r := read_cell(cfg, c)) is not None}  # read once
     walls = {cid: r["wall_s"] for cid, r in records.items()}
+    by_id = {c.id: c for c in cells}
     for cell in cells:
         rec = records.get(cell.id)
         if cell.kind != "finetune" or rec is None:
@@ -390,7 +476,7 @@ def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
         rows.append({"pretraining": cell.arm, "agent": cell.agent, "seed": cell.seed,
                      "episodes": n, "successes": k, "success_rate": k / n, "ci_low": lo,
                      "ci_high": hi, "finetune_wall_s": rec["wall_s"],
-                     "pretrain_wall_s": walls.get(cell.needs, 0.0) if cell.needs else 0.0})
+                     **upstream_walls(cell, by_id, walls)})
         outcomes[(cell.arm, cell.agent, cell.seed)] = dict(zip(res["episode_seeds"], res["successes"]))
     pooled = []
     for arm in cfg.pretrainings:
@@ -416,6 +502,17 @@ def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
     return {"cells": rows, "pooled": pooled}
 
 
+def upstream_walls(cell: Cell, by_id: dict[str, Cell], walls: dict[str, float]
+                   ) -> dict[str, float]:
+    """Wall seconds of the cells a fine-tuning cell starts from, by kind."""
+    out = {"prior_wall_s": 0.0, "pretrain_wall_s": 0.0}
+    up = by_id.get(cell.needs)
+    while up is not None:
+        out[f"{up.kind}_wall_s"] += walls.get(up.id, 0.0)
+        up = by_id.get(up.needs)
+    return out
+
+
 def paired_vs_none(outcomes: dict, arm: str, agent: str, seeds) -> dict[str, Any] | None:
     """Pairs of (arm, none) outcomes on the same seed and test episode, pooled over seeds."""
     a = b = c = d = 0
@@ -438,7 +535,7 @@ def paired_vs_none(outcomes: dict, arm: str, agent: str, seeds) -> dict[str, Any
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     fields = ["pretraining", "agent", "seed", "episodes", "successes", "success_rate", "ci_low",
-              "ci_high", "finetune_wall_s", "pretrain_wall_s"]
+              "ci_high", "finetune_wall_s", "prior_wall_s", "pretrain_wall_s"]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -450,8 +547,13 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def markdown(cfg: ExperimentConfig, rows: list[dict], pooled: list[dict]) -> str:
     pct = lambda x: f"{100 * x:.1f}"
+    prior_tasks = ", ".join(_as_tuple(cfg.prior.get("tasks", ())))
+    phases = (f"V-PTR phases: multi-task offline RL on prior data ({prior_tasks}), then the "
+              f"target with {100 * cfg.prior_fraction:g} % prior chunks per batch"
+              if cfg.phases else "Fine-tuned on the target demos from the pretrained trunk")
     out = [f"# {cfg.name}: test success on {cfg.eval_env} (episodes from reset seed "
-           f"{cfg.test_seed})", "", "| pretraining | agent | seeds | episodes | success % | "
+           f"{cfg.test_seed})", "", f"{phases}.", "",
+           "| pretraining | agent | seeds | episodes | success % | "
            "95 % CI (pooled) | per seed % [95 % CI] | vs none: difference [95 % CI] |",
            "|---|---|---|---|---|---|---|---|"]
     for p in pooled:
@@ -464,9 +566,10 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], pooled: list[dict]) -> str
         out.append(f"| {p['pretraining']} | {p['agent']} | {p['seeds']} | {p['episodes']} | "
                    f"{pct(p['success_rate'])} | {pct(p['ci_low'])}-{pct(p['ci_high'])} | {per} | "
                    f"{diff} |")
-    walls = [r["finetune_wall_s"] + r["pretrain_wall_s"] for r in rows]
+    walls = [r["finetune_wall_s"] + r["prior_wall_s"] + r["pretrain_wall_s"] for r in rows]
     if walls:
-        out += ["", f"Wall time per cell (pretraining + fine-tuning + test evaluation): "
+        what = "pretraining + phase 2 on prior data + " if cfg.phases else "pretraining + "
+        out += ["", f"Wall time per cell ({what}fine-tuning + test evaluation): "
                     f"{min(walls):.0f}-{max(walls):.0f} s."]
     return "\n".join(out) + "\n"
 
@@ -507,18 +610,31 @@ def bar_chart(path: Path, pooled: list[dict], cfg: ExperimentConfig) -> None:
 # --------------------------------------------------------------------------- command
 
 
-def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None]) -> tuple[Path, Path]:
-    from sim.generate import RobotDataConfig, VideoDataConfig, generate_robot, generate_video
+def data_configs(cfg: ExperimentConfig) -> tuple[Any, Any, Any]:
+    """(video, robot, prior or None) generator configs; the prior data take [robot]'s
+    values (image size, noise, cameras ...) under their own."""
+    from sim.generate import RobotDataConfig, VideoDataConfig
     from vptr.config import build_config
 
     extra = {"data_dir": str(cfg.data_dir)} if cfg.data_dir else {}
     vcfg = build_config(VideoDataConfig, {**cfg.video, **extra}, where="video")
     rcfg = build_config(RobotDataConfig, {**cfg.robot, **extra}, where="robot")
+    pcfg = (build_config(RobotDataConfig, {**cfg.robot, **cfg.prior, **extra}, where="prior")
+            if cfg.phases else None)
+    return vcfg, rcfg, pcfg
+
+
+def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None]
+                 ) -> tuple[Path | None, Path, Path | None]:
+    from sim.generate import generate_robot, generate_video
+
+    vcfg, rcfg, pcfg = data_configs(cfg)
     needs_video = any(a != "none" for a in cfg.pretrainings)
     video = generate_video(vcfg, log=lambda m: None)[0] if needs_video else None
     robot = generate_robot(rcfg, log=lambda m: None)[0]
-    log(f"data: video {video}, robot {robot}")
-    return video, robot
+    prior = generate_robot(pcfg, log=lambda m: None)[0] if pcfg is not None else None
+    log(f"data: video {video}, robot {robot}" + (f", prior {prior}" if prior else ""))
+    return video, robot, prior
 
 
 def validate_cells(cells: list[Cell]) -> None:
@@ -527,11 +643,9 @@ def validate_cells(cells: list[Cell]) -> None:
     from vptr.train.finetune_loop import FinetuneConfig
     from vptr.train.pretrain_loop import PretrainConfig
 
-    for cell in cells:
+    for cell in cells:  # the runs they start from do not exist yet: a stand-in path
         cls = PretrainConfig if cell.kind == "pretrain" else FinetuneConfig
-        values = dict(cell.config)
-        if cell.needs:
-            values["encoder.init"] = ""  # the pretraining run does not exist yet
+        values = {**cell.config, **start_from(cell, {cell.needs: {"run_dir": "<run>"}})}
         build_config(cls, values, where=cell.id)
 
 
@@ -542,13 +656,14 @@ def run(cfg: ExperimentConfig) -> int:
         cells = [stored.get(c.id, c) for c in cells]
     else:
         validate_cells(plan(cfg, Path("video"), Path("robot")))  # before any work
+        data_configs(cfg)  # a bad [video], [robot] or [prior] table fails now
         cfg.root.mkdir(parents=True, exist_ok=True)  # an unwritable --out-dir fails now
-        video, robot = prepare_data(cfg, print)
-        cells = plan(cfg, video, robot)
+        video, robot, prior = prepare_data(cfg, print)
+        cells = plan(cfg, video, robot, prior)
         counts = run_cells(cfg, cells)
         print(f"cells: {counts['ran']} run now, {counts['done_before']} done before, "
               f"{counts['locked']} running elsewhere, {counts['blocked']} waiting for a "
-              f"pretraining")
+              f"cell they start from")
     summary = summarize(cfg, cells)
     print(f"summary of {len(summary['cells'])} fine-tuning cells: {cfg.root / 'summary.md'}")
     print((cfg.root / "summary.md").read_text())
@@ -564,8 +679,10 @@ def stored_cells(cfg: ExperimentConfig) -> list[Cell]:
         except (OSError, json.JSONDecodeError):
             continue
         cell = Cell(rec["id"], rec["kind"], rec["arm"], int(rec["seed"]), rec.get("agent", ""),
-                    rec.get("config", {}))
-        if cell.kind == "finetune" and cell.arm != "none":
+                    rec.get("config", {}), stored_key=rec.get("key", ""))
+        if cell.kind == "finetune" and cell.config.get("prior.data"):
+            cell.needs = f"prior/{cell.arm}/{cell.agent}/seed{cell.seed}"
+        elif cell.kind in ("finetune", "prior") and cell.arm != "none":
             cell.needs = f"pretrain/{cell.arm}/seed{cell.seed}"
         out.append(cell)
     return out

@@ -1,12 +1,15 @@
-"""`vptr experiment` on the tiny grid (configs/experiments/tiny.toml): end to end through
-the CLI, resumption without redoing finished cells, an interrupted cell resumed from its
-checkpoint, the summary's intervals, and the paired-difference statistics."""
+"""`vptr experiment` on the tiny grid (configs/experiments/tiny.toml, with V-PTR's phases):
+end to end through the CLI, resumption without redoing finished cells, an interrupted cell
+resumed from its checkpoint, phase 3 started from phase 2 with prior/target mixing, a
+changed phase 2 rerunning what depends on it, the summary's intervals, and the
+paired-difference statistics."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[3]
 GRID = ROOT / "configs" / "experiments" / "tiny.toml"
 
 
-def vptr_experiment(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "vptr", "experiment", "--config", str(GRID), "--out-dir",
+def vptr_experiment(tmp: Path, *extra: str, grid: Path = GRID) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "vptr", "experiment", "--config", str(grid), "--out-dir",
            str(tmp / "exp"), "--data-dir", str(tmp / "data"), "--no-progress", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env=dict(os.environ, PYTHONHASHSEED="0"))
@@ -35,16 +38,36 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     cells = tmp_path / "exp" / "tiny" / "cells"
     pre = cells / "pretrain" / "icvf" / "seed0" / "cell.json"
     first = pre.stat().st_mtime_ns
-    # the second sitting does the rest and does not redo the pretraining
+    # the second sitting does the rest (phase 2 on the prior data, then the target) and does
+    # not redo the pretraining
     r = vptr_experiment(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "cells: 2 run now, 1 done before" in r.stdout
+    assert "cells: 4 run now, 1 done before" in r.stdout
     assert pre.stat().st_mtime_ns == first
+    # phase 3 started every network from its phase-2 run and mixed the prior data in
+    for arm in ("none", "icvf"):
+        phase2 = json.loads((cells / "prior" / arm / "flowbc" / "seed0" / "cell.json")
+                            .read_text())
+        phase3 = json.loads((cells / "finetune" / arm / "flowbc" / "seed0" / "cell.json")
+                            .read_text())
+        run3 = json.loads((Path(phase3["result"]["run_dir"]) / "config.json").read_text())
+        assert run3["init"]["run"] == phase2["result"]["run_dir"]
+        assert run3["prior"] == {"data": [phase2["config"]["data"]], "fraction": 0.75}
+        assert run3["encoder"]["init"] == ""
+        run2 = json.loads((Path(phase2["result"]["run_dir"]) / "config.json").read_text())
+        assert run2["encoder"]["init"] == ("" if arm == "none" else json.loads(
+            pre.read_text())["result"]["run_dir"])
+        assert run2["steps"] == 4 and run2["eval_env"] == ""
+        doc = json.loads((Path(phase3["result"]["run_dir"]) / "policy" / "policy.json")
+                         .read_text())
+        assert doc["tasks"] == ["reach the red ball", "pick up the red cube",
+                                "push the red cube onto the green square"]
+        assert phase3["result"]["task"] == 0  # tested on the target's task
     # a fine-tuning cell killed mid-way (no cell.json, a checkpoint on disk) resumes
     ft = cells / "finetune" / "none" / "flowbc" / "seed0"
     (ft / "cell.json").unlink()
     r = vptr_experiment(tmp_path)
-    assert r.returncode == 0 and "cells: 1 run now, 2 done before" in r.stdout, r.stdout
+    assert r.returncode == 0 and "cells: 1 run now, 4 done before" in r.stdout, r.stdout
     assert "resuming" in r.stdout + r.stderr
     # the summary: one row per cell and seed, intervals that contain the observed rates
     root = tmp_path / "exp" / "tiny"
@@ -63,6 +86,16 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     assert (root / "summary.png").stat().st_size > 1000
     md = (root / "summary.md").read_text()
     assert "| icvf | flowbc |" in md and "vs none" in md
+    assert "75 % prior chunks per batch" in md
+    assert all(float(r["prior_wall_s"]) > 0 for r in rows)
+    # a changed phase 2 reruns phase 2 and what starts from it, not the pretraining
+    changed = tmp_path / "tiny.toml"
+    text = re.sub(r"(\[prior_finetune\][^\n]*\n)steps = 4", r"\1steps = 3", GRID.read_text())
+    assert text != GRID.read_text()
+    changed.write_text(text)
+    r = vptr_experiment(tmp_path, "--cells", "pretrain/*", "prior/none/*", "finetune/none/*",
+                        grid=changed)
+    assert r.returncode == 0 and "cells: 2 run now, 1 done before" in r.stdout, r.stdout
 
 
 def test_a_bad_grid_is_refused_before_any_cell_runs(tmp_path):
