@@ -96,6 +96,8 @@ class PriorOptions:
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
             raise ConfigError(f"prior.fraction must be in (0, 1), got {self.fraction}")
+        if len(set(self.data)) != len(self.data):
+            raise ConfigError(f"prior.data names a dataset twice: {list(self.data)}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ class FinetuneOptions:
                      "videos"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.data in self.prior.data:
+            raise ConfigError(f"prior.data: {self.data} is the target dataset (--data) itself")
         if self.init.run and (self.encoder.init or self.encoder.weights):
             raise ConfigError("init.run starts every network, the trunks included, from an "
                               "earlier run; drop --encoder.init/--encoder.weights (that run "
