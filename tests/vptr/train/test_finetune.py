@@ -112,13 +112,15 @@ def test_pretrained_encoder_that_does_not_fit_is_refused(robot_dir, tmp_path):
 
     enc = make_encoder("impala_small", 6, 16)
     export_encoder(tmp_path / "enc", enc, "impala_small", frame_stack=2, image_size=16)
-    cfg = config(robot_dir, tmp_path, **{"encoder.init": str(tmp_path / "enc")})
+    cfg = config(robot_dir, tmp_path, **{"encoder.init": str(tmp_path / "enc"),
+                                         "qc.shared_trunk": shared})
     with pytest.raises(ConfigError, match=r"in_channels 6.*image_size 16 vs the dataset's 32"):
         train(cfg)
     assert not (tmp_path / "runs" / "r").exists()
 
 
-def test_pretrained_encoder_initialises_both_networks(robot_dir, tmp_path):
+@pytest.mark.parametrize("shared", [True, False])
+def test_pretrained_encoder_initialises_both_networks(robot_dir, tmp_path, shared):
     from vptr.nets.encoders import make_encoder
     from vptr.nets.weights import export_encoder
 
@@ -129,7 +131,8 @@ def test_pretrained_encoder_initialises_both_networks(robot_dir, tmp_path):
     from vptr.train import core
     from vptr.train.finetune_loop import build_training, data_spec, open_data, trunk_factory
 
-    cfg = config(robot_dir, tmp_path, **{"encoder.init": str(tmp_path / "enc")})
+    cfg = config(robot_dir, tmp_path, **{"encoder.init": str(tmp_path / "enc"),
+                                         "qc.shared_trunk": shared})
     ds = open_data(cfg)
     with core.session("cpu") as s:
         nets, _, _ = build_training(cfg, get_agent("qc"), data_spec(cfg, ds),
@@ -137,7 +140,8 @@ def test_pretrained_encoder_initialises_both_networks(robot_dir, tmp_path):
     ref = enc.state_dict()
     for net in (nets.policy, nets.q):
         trunk = next(iter(net.encoder.trunks.values()))
-        assert trunk is not next(iter(nets.q.encoder.trunks.values())) or net is nets.q
+        # QC's default: one trunk for both networks; otherwise a copy each
+        assert (trunk is next(iter(nets.q.encoder.trunks.values()))) == (shared or net is nets.q)
         for k, v in trunk.state_dict().items():
             torch.testing.assert_close(v, ref[k])
 
