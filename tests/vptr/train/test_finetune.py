@@ -112,8 +112,7 @@ def test_pretrained_encoder_that_does_not_fit_is_refused(robot_dir, tmp_path):
 
     enc = make_encoder("impala_small", 6, 16)
     export_encoder(tmp_path / "enc", enc, "impala_small", frame_stack=2, image_size=16)
-    cfg = config(robot_dir, tmp_path, **{"encoder.init": str(tmp_path / "enc"),
-                                         "qc.shared_trunk": shared})
+    cfg = config(robot_dir, tmp_path, **{"encoder.init": str(tmp_path / "enc")})
     with pytest.raises(ConfigError, match=r"in_channels 6.*image_size 16 vs the dataset's 32"):
         train(cfg)
     assert not (tmp_path / "runs" / "r").exists()
