@@ -9,11 +9,12 @@
    / max), with inference off the control thread (async executor, instant policy) --
    i.e. jitter excluding inference.
 2. Synchronous (open-loop chunk) vs asynchronous (background thread, overlap blending)
-   vs three inferences in flight ("async3", requests evenly spaced) vs Real-Time Chunking
-   on a flow policy whose consecutive chunks disagree (the
+   vs two and three inferences in flight ("async2", "async3", requests evenly spaced) vs
+   Real-Time Chunking on a flow policy whose consecutive chunks disagree (the
    reference Gaussian flow of vptr.runtime.reference, means alternating +-0.5: a 1.0
    jump at every seam unless the executor prevents it), with simulated inference
-   latencies of a fraction of a chunk: time stalled at chunk boundaries (blocking
+   latencies of a fraction of a chunk (0.44 = half a chunk less one period of slack,
+   what one inference in flight serves on a real clock): time stalled at chunk boundaries (blocking
    inference + periods without a command) and the largest jump between consecutive
    executed actions at a chunk switch.
 3. Exported-policy inference (vptr.runtime.artifact.ArtifactPolicy, the object `vptr
@@ -97,12 +98,12 @@ def execution(rate, h, fractions, seconds) -> list[dict]:
                      action=ActionSpec(names=("a",), low=(-5.0,), high=(5.0,), max_step=(5.0,)))
     chunk_s = h / rate
     for frac in fractions:
-        for mode in ("chunk", "async", "async3", "rtc"):
+        for mode in ("chunk", "async", "async2", "async3", "rtc"):
             robot = MockRobot(spec=spec)
             robot.connect()
             policy = disagreeing_flow(h, frac * chunk_s)
-            ex = make_executor(policy, ExecutorConfig(mode=mode.rstrip("3"),
-                                                      inflight=3 if mode == "async3" else 1))
+            inflight = int(mode[-1]) if mode[-1].isdigit() else 1
+            ex = make_executor(policy, ExecutorConfig(mode=mode.rstrip("23"), inflight=inflight))
             loop = ControlLoop(robot, policy.io, ex, SafetyFilter(robot.spec.action, rate),
                                LoopConfig(rate_hz=rate, duration_s=seconds, **QUIET))
             r = loop.run()
@@ -199,7 +200,7 @@ def main() -> None:
     p.add_argument("--rates", default="20,50,100", help="loop rates (Hz) of part 1")
     p.add_argument("--exec-rate", type=float, default=20.0, help="loop rate (Hz) of part 2")
     p.add_argument("--chunk", type=int, default=16, help="chunk size h of part 2")
-    p.add_argument("--latencies", default="0.25,0.5,0.75", help="inference latency, fractions of a chunk")
+    p.add_argument("--latencies", default="0.25,0.44,0.5,0.75", help="inference latency, fractions of a chunk")
     p.add_argument("--calls", type=int, default=200, help="inference calls per policy in part 3")
     p.add_argument("--sizes", default="64,128", help="image sizes of part 3")
     p.add_argument("--parts", default="1,2,3", help="which parts to run")
