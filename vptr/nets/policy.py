@@ -163,7 +163,21 @@ class FlowPolicy(nn.Module):
         return F.linear(z, self.net[0].weight[:, :self.obs_dim])
 
     def step(self, cond: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``forward(z, x, u)`` from ``cond = condition(z)`` (equal up to rounding)."""
+        """``forward(z, x, u)`` from ``cond = condition(z)`` (equal up to rounding).
+
+        Without gradients, a compiled step installed by :meth:`use_compiled_step` (the
+        deployment runtime's TorchScript trace) runs instead."""
+        compiled = self.__dict__.get("_compiled_step")
+        if compiled is not None and not torch.is_grad_enabled():
+            return compiled(cond, x, u)
+        return self.eager_step(cond, x, u)
+
+    def use_compiled_step(self, fn) -> None:
+        """Run ``fn(cond, x, u)`` for :meth:`step` when no gradient is needed (None: eager).
+        Kept out of the module's children, so weights and state dict are unchanged."""
+        self.__dict__["_compiled_step"] = fn
+
+    def eager_step(self, cond: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         first = self.net[0]
         xu = torch.cat([x, u.reshape(-1, 1).to(x.dtype)], dim=-1)
         h = torch.addmm(first.bias, xu, first.weight[:, self.obs_dim:].T) + cond

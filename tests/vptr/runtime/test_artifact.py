@@ -80,6 +80,8 @@ def test_runtime_output_equals_the_training_model(tmp_path, name):
     got = policy(seq[-1])
     assert got.shape == (H, DA)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    # ... through the traced trunk and Euler step of the deployment path
+    assert "flow step" in policy.compiled and any(k.startswith("trunk") for k in policy.compiled)
     assert policy.io.state_names == tuple(STATE_NAMES) and policy.io.rate_hz == 20.0
     assert policy.io.cameras == (("front", (SIZE, SIZE, 3)),)
     # the simulation wrapper gives the same chunk for the same frames
@@ -89,6 +91,27 @@ def test_runtime_output_equals_the_training_model(tmp_path, name):
     torch.manual_seed(7)
     out = sim({"state": seq[1]["observation.state"][None], "pixels.front": seq[1][CAM][None]})
     np.testing.assert_allclose(out[0], ref, atol=1e-5, rtol=0)
+
+
+def test_traced_parts_act_as_the_eager_ones_with_a_channels_last_trunk(tmp_path):
+    torch.manual_seed(0)
+    spec = DataSpec(action_dim=DA, horizon=H, state_dim=3, cameras=(CAM,), image_size=SIZE)
+    agent = get_agent("qc")
+    cfg = agent.config_cls(chunk=H, hidden=(32, 32), feature_dim=8, flow_steps=3, act_samples=6)
+    nets = agent.create(cfg, spec, lambda: {CAM: make_encoder("impala_small", 3, SIZE)})
+    folder = save_policy(tmp_path / "p", "qc", cfg, nets, {**META, "channels_last": True})
+    fast, eager = ArtifactPolicy(folder), ArtifactPolicy(folder, compiled=False)
+    assert set(fast.compiled) == {f"trunk {CAM.replace('.', '__')}", "flow step"}
+    assert eager.compiled == {}
+    obs = observation(np.random.default_rng(3))
+    prefix, weights = np.tile(np.array([1.0, 0.2, -0.5]), (H, 1)), np.array([1.0, 1.0, 0.5, 0.0])
+    for seed in range(3):
+        torch.manual_seed(seed)
+        a = fast(obs), fast.sample(obs, prefix, weights, 10.0)
+        torch.manual_seed(seed)
+        b = eager(obs), eager.sample(obs, prefix, weights, 10.0)
+        np.testing.assert_allclose(a[0], b[0], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(a[1], b[1], atol=1e-5, rtol=0)
 
 
 def test_artifact_document_describes_the_policy(artifact):
