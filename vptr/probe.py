@@ -23,10 +23,13 @@ from the ``--split`` range (val: from 100000, test: from 300000; ``vptr finetune
 evaluates on 100000+ and ``vptr experiment`` tests on 300000+), the linear and invariance
 frames from 50000 further on in the same range. Choose on ``val``; report ``test``.
 
-Output (``--out``, default ``runs/probe/<encoder>-<hash>``): ``report.json``,
-``report.md`` (also printed) and ``cells/`` (one folder per training run or probe with a
-``cell.json`` once done: a rerun skips done cells, and an interrupted fine-tuning run
-resumes from its last checkpoint).
+Output (``--out``, default ``runs/probe/<encoder>-<hash>``): ``report.json`` and
+``report.md`` (also printed). Work is kept in cells (``--cells-dir``, default
+``runs/probe/cells``, or ``<out>/cells`` when ``--out`` is given): one folder per training
+run or probe, with a ``cell.json`` once done. A rerun skips done cells and an interrupted
+fine-tuning run resumes from its last checkpoint; the random-init and scratch cells do not
+depend on the probed encoder, so probes sharing a cells folder train them once (one probe
+at a time per cells folder: cells are not locked).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ DEFAULT_IMAGE_SIZE = 32  # random and timm encoders (reduced scale)
 CHECKPOINT_EVERY = 500
 MIN_AV1_SIZE = 32
 CELL_FILE = "cell.json"
+PROBE_DIR = Path("runs/probe")
 # arm id -> (label, baseline arm id of the paired comparison)
 ARMS = {"encoder-frozen": ("encoder frozen", "random-frozen"),
         "encoder-finetuned": ("encoder fine-tuned", "scratch"),
@@ -94,6 +98,10 @@ class ProbeConfig:
                "reported numbers)")
     probes: tuple[str, ...] = helpfield(PROBES, "probes to run: " + ", ".join(PROBES))
     out: Path | None = helpfield(None, "report folder (default runs/probe/<encoder>-<hash>)")
+    cells_dir: Path | None = helpfield(None, "training runs and probe results, reused when "
+                                             "done (default runs/probe/cells, or <out>/cells "
+                                             "with --out); the baselines are shared by every "
+                                             "encoder probed with one folder")
     data_dir: Path | None = helpfield(None, "demonstration cache (default: $VPTR_DATA_DIR or "
                                             "./data)")
     eval_workers: int = helpfield(0, "evaluation environment processes (0 = in-process)")
@@ -243,8 +251,8 @@ class Cell:
         text = json.dumps(self.config, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
-    def folder(self, root: Path) -> Path:
-        return root / "cells" / f"{self.id}-{self.key}"
+    def folder(self, cells_dir: Path) -> Path:
+        return cells_dir / f"{self.id}-{self.key}"
 
 
 def read_cell(folder: Path) -> dict[str, Any] | None:
@@ -254,11 +262,11 @@ def read_cell(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_cell(cell: Cell, root: Path) -> tuple[dict[str, Any], bool]:
+def run_cell(cell: Cell, cells_dir: Path) -> tuple[dict[str, Any], bool]:
     """(result, whether it was done before)."""
     from vptr.files import atomic_write_text
 
-    folder = cell.folder(root)
+    folder = cell.folder(cells_dir)
     done = read_cell(folder)
     if done is not None:
         return done, True
@@ -554,6 +562,12 @@ def _key(shift: float) -> str:
     return f"{float(shift):g}"
 
 
+def cells_root(cfg: ProbeConfig) -> Path:
+    if cfg.cells_dir is not None:
+        return Path(cfg.cells_dir)
+    return Path(cfg.out) / "cells" if cfg.out is not None else PROBE_DIR / "cells"
+
+
 def report_root(cfg: ProbeConfig, enc: Encoder) -> Path:
     if cfg.out is not None:
         return Path(cfg.out)
@@ -562,7 +576,7 @@ def report_root(cfg: ProbeConfig, enc: Encoder) -> Path:
         name = f"random-{cfg.arch}"
     ident = config_hash({"encoder": str(Path(enc.init).resolve()) if enc.init else cfg.encoder,
                          "arch": enc.arch, "weights": enc.weights, "size": enc.image_size})
-    return Path("runs/probe") / f"{name.replace('/', '-')}-{ident}"
+    return PROBE_DIR / f"{name.replace('/', '-')}-{ident}"
 
 
 def plan(cfg: ProbeConfig, enc: Encoder, demos: dict[tuple[str, int], Path]
@@ -603,10 +617,11 @@ def run_probe(cfg: ProbeConfig, log: Callable[[str], None] = print) -> dict:
         torch.set_num_threads(cfg.threads)
     enc = resolve_encoder(cfg)
     root = ensure_dir(report_root(cfg, enc), "report folder")
+    cells_dir = ensure_dir(cells_root(cfg), "cells folder")
     split_note = (f"Split '{cfg.split}': evaluation episodes from reset seed {cfg.eval_seed}, "
                   f"probe frames from {cfg.frame_seeds()[0]}; demonstrations use seeds "
                   f"0..K-1")
-    log(f"vptr probe: {enc.label}; {split_note}; report folder {root}")
+    log(f"vptr probe: {enc.label}; {split_note}; report folder {root}, cells {cells_dir}")
     notes = [] if not enc.is_random else [
         "The probed encoder is itself a random init: its rows are the random-init and "
         "scratch rows."]
@@ -627,7 +642,8 @@ def run_probe(cfg: ProbeConfig, log: Callable[[str], None] = print) -> dict:
     bar = tqdm(total=total, desc="vptr probe", unit="cell", dynamic_ncols=True,
                disable=not cfg.progress)
     try:
-        report = _run_all(cfg, enc, root, cells, frames, values_runs, skip, kept, bar)
+        report = _run_all(cfg, enc, (root, cells_dir), cells, frames, values_runs, skip, kept,
+                          bar)
     finally:
         bar.close()
     report.update({"split_note": split_note, "notes": notes,
@@ -636,19 +652,23 @@ def run_probe(cfg: ProbeConfig, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-def _run_all(cfg, enc, root, cells, frames, values_runs, skip, kept, bar) -> dict:
+def _run_all(cfg, enc, folders, cells, frames, values_runs, skip, kept, bar) -> dict:
     from vptr.diagnostics.machine import describe
+
+    root, cells_dir = folders
+    counts = {"cells_run": 0, "cells_reused": 0}
 
     def step(cell: Cell) -> dict:
         bar.set_postfix_str(cell.id)
-        result, _before = run_cell(cell, root)
+        result, before = run_cell(cell, cells_dir)
+        counts["cells_reused" if before else "cells_run"] += 1
         bar.update(1)
         return result
 
     report: dict[str, Any] = {
         "format": "vptr-probe/1", "encoder": {**to_dict(enc), "given": cfg.encoder},
         "split": cfg.split, "eval_seed": cfg.eval_seed, "config": to_dict(cfg),
-        "machine": describe(), "root": str(root)}
+        "machine": describe(), "root": str(root), "cells_dir": str(cells_dir)}
     if values_runs:  # first: it is quick and its errors show early
         report["values"] = step(value_cell(cfg, enc))
     elif "values" in cfg.probes:
@@ -660,6 +680,7 @@ def _run_all(cfg, enc, root, cells, frames, values_runs, skip, kept, bar) -> dic
         trained = trained_trunks(cfg, enc, results)
         report["frames"] = {task: step(frame_cell(cfg, enc, task, trained.get(task, {})))
                             for task in cfg.tasks}
+    report.update(counts)
     return report
 
 

@@ -16,7 +16,9 @@ def markdown(report: dict) -> str:
     enc = report["encoder"]
     out = [f"# vptr probe: {enc['label']}", "",
            f"{report['split_note']}. Machine: {report['machine']}. Wall time "
-           f"{report['wall_s']:.0f} s.", ""]
+           f"{report['wall_s']:.0f} s ({report.get('cells_run', '?')} cells run, "
+           f"{report.get('cells_reused', '?')} reused from {report.get('cells_dir', '?')}).",
+           ""]
     out += imitation_table(report) + frame_tables(report) + value_table(report)
     if report["notes"]:
         out += ["Notes:", *[f"- {n}" for n in report["notes"]], ""]

@@ -85,11 +85,23 @@ def test_tiny_probe_reports_every_probe_with_intervals(dirs, pretrain_run, capsy
     for needle in ("Few-demo imitation", "Linear probe", "Invariance", "Value curves"):
         assert needle in md
 
+    assert report["cells_run"] == 8 + 1 + 1  # imitation runs, frame probes, values
     # a rerun finds every cell done: nothing is trained or evaluated again
     done = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("cell.json")}
-    assert len(done) == 8 + 1 + 1  # imitation runs, frame probes, values
+    assert len(done) == 10
     assert probe(dirs, "--encoder", str(pretrain_run), "--out", str(out), *TINY) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("cell.json")} == done
+    again = json.loads((out / "report.json").read_text())
+    assert (again["cells_run"], again["cells_reused"]) == (0, 10)
+    assert again["imitation"] == rows
+
+    # another encoder probed with the same cells folder reuses the baselines' runs
+    other = dirs / "report_random"
+    assert probe(dirs, "--encoder", "random", "--out", str(other), "--cells-dir",
+                 str(out / "cells"), "--probes", "imitation", *TINY) == 0
+    shared = json.loads((other / "report.json").read_text())
+    assert (shared["cells_run"], shared["cells_reused"]) == (0, 4)
+    assert shared["imitation"] == [r for r in rows if not r["arm"].startswith("encoder")]
 
 
 def train_state_encoder(out, steps: int = 300):
