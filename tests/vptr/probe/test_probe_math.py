@@ -183,3 +183,19 @@ def test_retrained_encoder_weights_invalidate_only_the_cells_that_read_them(tmp_
     assert key(old, "scratch") == key(new, "scratch")
     assert key(old, "random-frozen") == key(new, "random-frozen")
     assert key(old, "scratch") != key(old, "random-frozen")
+
+
+def test_validation_and_test_seeds_are_disjoint_from_each_other_and_the_demos():
+    from vptr.probe import ProbeConfig
+
+    val, test = (ProbeConfig(encoder="random", split=s, frame_episodes=500, episodes=500)
+                 for s in ("val", "test"))
+    ranges = {}
+    for cfg in (val, test):
+        evals = set(range(cfg.eval_seed, cfg.eval_seed + cfg.episodes))
+        frames = set(cfg.frame_seeds())
+        assert not evals & frames
+        ranges[cfg.split] = evals | frames
+    demos = set(range(max(val.demos)))
+    assert not ranges["val"] & ranges["test"]
+    assert not demos & (ranges["val"] | ranges["test"])
