@@ -70,6 +70,11 @@ class RobotDataConfig:
 
     def __post_init__(self) -> None:
         _check_common(self.tasks, self.episodes_per_task, self.noise, self.image_size)
+        if (self.format == "lerobot" and self.video_codec == "libsvtav1"
+                and self.image_size < MIN_AV1_SIZE):
+            raise ConfigError(f"image_size {self.image_size}: the SVT-AV1 encoder crashes below "
+                              f"{MIN_AV1_SIZE} px (SIGFPE, measured at 16 and 24); use "
+                              "--video-codec h264 for small frames")
         if not self.cameras:
             raise ConfigError("cameras: at least one camera is required")
         if self.format not in ("lerobot", "robomimic"):
@@ -135,6 +140,10 @@ def cache_key(cfg: Any) -> str:
 
 def _slug(env_id: str) -> str:
     return env_id.split("/")[-1].replace("-v", "v").lower()
+
+
+# the smallest frame size libsvtav1 encodes here (16 and 24 px died of SIGFPE; 28 and 32 work)
+MIN_AV1_SIZE = 28
 
 
 def _check_common(tasks, episodes, noise, image_size) -> None:

@@ -283,8 +283,8 @@ def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[
     """The first K successful-expert episodes (reset seeds 0..K-1), generated once."""
     from sim.generate import RobotDataConfig, generate_robot
 
-    # SVT-AV1 (the default codec) dies of SIGFPE below 28 px here (measured: 16 and 24
-    # crash `vptr generate robot`, 28 and 32 do not); H.264 encodes small frames
+    # SVT-AV1 (the default codec) dies of SIGFPE on small frames (sim.generate refuses
+    # them); H.264 encodes small frames
     codec = "libsvtav1" if image_size >= MIN_AV1_SIZE else "h264"
     rcfg = RobotDataConfig(tasks=(task,), episodes_per_task=k, image_size=image_size,
                            keep_failures=False, noise=cfg.noise, seed=0, video_codec=codec,

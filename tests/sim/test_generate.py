@@ -211,6 +211,10 @@ def test_config_validation():
         VideoDataConfig(domain_shift=1.5)
     with pytest.raises(ConfigError, match="image_size must be even"):
         VideoDataConfig(image_size=33)
+    # SVT-AV1 dies of SIGFPE on small frames: refused before any work, H.264 accepted
+    with pytest.raises(ConfigError, match="SVT-AV1 encoder crashes below 28 px.*h264"):
+        RobotDataConfig(tasks=("vptr/Reach-v0",), image_size=24)
+    RobotDataConfig(tasks=("vptr/Reach-v0",), image_size=24, video_codec="h264")
 
 
 def test_unwritable_output_dir(tmp_path):
