@@ -200,7 +200,7 @@ def main() -> None:
     p.add_argument("--rates", default="20,50,100", help="loop rates (Hz) of part 1")
     p.add_argument("--exec-rate", type=float, default=20.0, help="loop rate (Hz) of part 2")
     p.add_argument("--chunk", type=int, default=16, help="chunk size h of part 2")
-    p.add_argument("--latencies", default="0.25,0.44,0.5,0.75", help="inference latency, fractions of a chunk")
+    p.add_argument("--latencies", default="0.25,0.44,0.5,0.75", help="inference latencies (chunk fractions)")
     p.add_argument("--calls", type=int, default=200, help="inference calls per policy in part 3")
     p.add_argument("--sizes", default="64,128", help="image sizes of part 3")
     p.add_argument("--parts", default="1,2,3", help="which parts to run")

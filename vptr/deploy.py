@@ -55,7 +55,9 @@ class DeployConfig:
     max_steps: int = helpfield(0, "periods per episode at most (0 = until the robot's episode "
                                   "ends; required for real robots)")
     seed: int = helpfield(200_000, "sim: reset seed of the first episode (episode i: seed + i)")
-    task: str = helpfield("", "task string or index of a multi-task policy ('' = 0)")
+    task: str = helpfield("", "task string or index of a multi-task policy ('' = on sim:<task> "
+                              "the task's own instruction when the policy knows it, else "
+                              "the task it was fine-tuned on last, as vptr eval; else 0)")
     executor: str = helpfield("chunk", "chunk (open loop), receding, ensemble, async or rtc")
     execute: int = helpfield(0, "receding: actions executed before re-planning (0 = h/2)")
     horizon: int = helpfield(0, "async/rtc: actions executed from a chunk before the next is "
@@ -108,6 +110,20 @@ def _options(cfg: DeployConfig) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def deploy_task(cfg: DeployConfig) -> int | str:
+    """``--task``; when not given, on the native sim arm the rule of ``vptr eval``
+    (:func:`vptr.evaluate.policy_task`), elsewhere index 0."""
+    if cfg.task:
+        return int(cfg.task) if cfg.task.isdigit() else cfg.task
+    kind, _, arg = cfg.robot.partition(":")
+    if kind != "sim":
+        return 0
+    from robots.sim_arm import env_id
+    from vptr.evaluate import policy_task
+
+    return policy_task(Path(cfg.policy), env_id(arg or "lift"), "")
 
 
 def make_robot(cfg: DeployConfig, policy):
@@ -204,8 +220,7 @@ def deploy(cfg: DeployConfig, out=sys.stdout) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    task: int | str = cfg.task if cfg.task and not cfg.task.isdigit() else int(cfg.task or 0)
-    policy = ArtifactPolicy(cfg.policy, device=cfg.device, task=task)
+    policy = ArtifactPolicy(cfg.policy, device=cfg.device, task=deploy_task(cfg))
     rate = cfg.rate or policy.io.rate_hz
     if not rate:
         raise ConfigError(f"{cfg.policy}: the policy declares no rate; give --rate HZ")

@@ -212,7 +212,7 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="image_size must be even"):
         VideoDataConfig(image_size=33)
     # SVT-AV1 dies of SIGFPE on small frames: refused before any work, H.264 accepted
-    with pytest.raises(ConfigError, match="SVT-AV1 encoder crashes below 28 px.*h264"):
+    with pytest.raises(ConfigError, match=r"SVT-AV1 encoder crashes below 28 px.*h264"):
         RobotDataConfig(tasks=("vptr/Reach-v0",), image_size=24)
     RobotDataConfig(tasks=("vptr/Reach-v0",), image_size=24, video_codec="h264")
 

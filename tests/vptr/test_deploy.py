@@ -134,3 +134,17 @@ def test_export_provenance_names_the_final_policys_evaluation(tmp_path):
     (ev / "vptr_Lift-v0" / "report.json").write_text(json.dumps({"success_rate": 0.8,
                                                                   "episodes": 50}))
     assert newest_eval(tmp_path)["episodes"] == 50  # a `vptr eval` of the final policy wins
+
+
+def test_deploy_picks_the_sim_tasks_own_instruction_for_a_multi_task_policy(tmp_path):
+    from vptr.deploy import deploy_task
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "policy.json").write_text(json.dumps(
+        {"tasks": ["pick up the red cube", "reach the red ball"],
+         "provenance": {"target_tasks": ["pick up the red cube"]}}))
+    assert deploy_task(DeployConfig(policy=folder, robot="sim:reach")) == "reach the red ball"
+    assert deploy_task(DeployConfig(policy=folder, robot="sim:push")) == "pick up the red cube"
+    assert deploy_task(DeployConfig(policy=folder, robot="sim:reach", task="1")) == 1
+    assert deploy_task(DeployConfig(policy=folder, robot="mock")) == 0
