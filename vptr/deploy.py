@@ -115,15 +115,13 @@ def _options(cfg: DeployConfig) -> dict[str, Any]:
 def deploy_task(cfg: DeployConfig) -> int | str:
     """``--task``; when not given, on the native sim arm the rule of ``vptr eval``
     (:func:`vptr.evaluate.policy_task`), elsewhere index 0."""
-    if cfg.task:
-        return int(cfg.task) if cfg.task.isdigit() else cfg.task
     kind, _, arg = cfg.robot.partition(":")
     if kind != "sim":
-        return 0
+        return int(cfg.task) if cfg.task.isdigit() else (cfg.task or 0)
     from robots.sim_arm import env_id
     from vptr.evaluate import policy_task
 
-    return policy_task(Path(cfg.policy), env_id(arg or "lift"), "")
+    return policy_task(Path(cfg.policy), env_id(arg or "lift"), cfg.task)
 
 
 def make_robot(cfg: DeployConfig, policy):

@@ -44,7 +44,7 @@ from einops import rearrange, repeat
 
 from vptr.errors import DataError
 from vptr.files import atomic_write_text
-from vptr.nets.policy import ActorConfig, ChunkActor, DataSpec, FlowPolicy, best_of_n
+from vptr.nets.policy import ActorConfig, ChunkActor, DataSpec, FlowPolicy, _safe, best_of_n
 from vptr.nets.weights import WEIGHTS_FILE, load_modules, save_weights
 from vptr.runtime.policy import IMAGE_PREFIX, STATE_KEY, PolicyIO
 from vptr.runtime.rtc import guided_sample
@@ -199,9 +199,9 @@ def compile_for_one_observation(actor: ChunkActor, example: dict[str, torch.Tens
     if actor.ranker is not None and not actor.cfg.shared_trunk:
         encoders.append(actor.ranker.encoder)
     for i, enc in enumerate(encoders):
-        for key, trunk in list(enc.trunks.items()):
-            x = next(v for k, v in example.items()
-                     if k.startswith("obs.") and k[4:].replace(".", "__") == key)
+        for cam in enc.cameras:
+            key = _safe(cam)
+            trunk, x = enc.trunks[key], example[f"obs.{cam}"]
             plain = copy.deepcopy(trunk)
             if getattr(plain, "channels_last", False):
                 plain.channels_last = False
