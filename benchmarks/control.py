@@ -153,11 +153,12 @@ def exported_latency(sizes, calls, threads_list) -> list[dict]:
                    cam: np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)}
             policies = {}
             for agent_name, options in (("flowbc", {}), ("qc", {}),
-                                        ("qc", {"shared_trunk": False})):
+                                        ("qc", {"shared_trunk": False}),
+                                        ("qc", {"act_samples": 32})):
                 agent = get_agent(agent_name)
                 cfg = agent.config_cls(**options)
                 label = (f"{agent_name} (N={cfg.act_samples if agent_name == 'qc' else 1}"
-                         + (", 2 trunks)" if options else ")"))
+                         + (", 2 trunks)" if "shared_trunk" in options else ")"))
                 nets = agent.create(cfg, spec, lambda size=size: {cam: make_encoder("impala_small", 3, size)})
                 meta = {"state_features": ["observation.state"], "state_widths": [len(names)],
                         "state_names": {"observation.state": names},

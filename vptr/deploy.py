@@ -77,6 +77,8 @@ class DeployConfig:
     record: Path | None = helpfield(None, "record the episodes to this LeRobotDataset folder")
     report: Path | None = helpfield(None, "write the final report here (JSON)")
     device: str = helpfield("cpu", "device of the policy")
+    act_samples: int = helpfield(0, "best-of-N candidates the critic ranks per chunk (0 = the "
+                                    "artifact's own, e.g. QC's 8; fewer: lower latency)")
     threads: int = helpfield(1, "torch CPU threads for inference (1: lowest latency at batch "
                                 "1 next to the loop thread; 0 = torch's default)")
 
@@ -84,8 +86,10 @@ class DeployConfig:
         if self.policy is None:
             raise ConfigError("--policy DIR: the artifact to deploy")
         if (self.episodes < 1 or self.max_steps < 0 or self.rate < 0 or self.max_step < 0
-                or self.threads < 0 or self.simulated_delay < 0 or self.horizon < 0):
-            raise ConfigError("episodes must be >= 1; max_steps, rate, max_step, threads >= 0")
+                or self.threads < 0 or self.simulated_delay < 0 or self.horizon < 0
+                or self.act_samples < 0):
+            raise ConfigError("episodes must be >= 1; max_steps, rate, max_step, threads, "
+                              "simulated_delay, horizon and act_samples >= 0")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, "
                               f"got {self.executor!r}")
@@ -218,7 +222,8 @@ def deploy(cfg: DeployConfig, out=sys.stdout) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    policy = ArtifactPolicy(cfg.policy, device=cfg.device, task=deploy_task(cfg))
+    policy = ArtifactPolicy(cfg.policy, device=cfg.device, task=deploy_task(cfg),
+                            act_samples=cfg.act_samples)
     rate = cfg.rate or policy.io.rate_hz
     if not rate:
         raise ConfigError(f"{cfg.policy}: the policy declares no rate; give --rate HZ")

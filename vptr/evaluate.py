@@ -28,6 +28,8 @@ class EvalCommandConfig:
     task: str = helpfield("", "task string or index of a multi-task policy ('' = the env's "
                               "instruction if the policy knows it, else its target task, "
                               "else 0)")
+    act_samples: int = helpfield(0, "best-of-N candidates the critic ranks when acting (0 = "
+                                    "the policy's own, e.g. QC's 8; 1 = one plain sample)")
     videos: int = helpfield(3, "episodes filmed as mp4")
     domain_shift: float = helpfield(-1.0, "native envs: visual shift 0..1 (-1 = the env's "
                                           "default)")
@@ -38,8 +40,8 @@ class EvalCommandConfig:
     def __post_init__(self) -> None:
         if (self.run is None) == (self.policy is None):
             raise ConfigError("give exactly one of --run DIR or --policy DIR")
-        if self.episodes <= 0 or self.workers < 0 or self.videos < 0:
-            raise ConfigError("episodes must be > 0, workers and videos >= 0")
+        if self.episodes <= 0 or min(self.workers, self.videos, self.act_samples) < 0:
+            raise ConfigError("episodes must be > 0, workers, videos and act_samples >= 0")
 
 
 def resolve(cfg: EvalCommandConfig) -> tuple[Path, str]:
@@ -91,7 +93,8 @@ def run(cfg: EvalCommandConfig) -> int:
     from vptr.runtime.artifact import SimPolicy
 
     folder, env_id = resolve(cfg)
-    policy = SimPolicy(folder, device=cfg.device, task=policy_task(folder, env_id, cfg.task))
+    policy = SimPolicy(folder, device=cfg.device, task=policy_task(folder, env_id, cfg.task),
+                       act_samples=cfg.act_samples)
     kw = policy.env_kwargs(videos=cfg.videos > 0)
     if cfg.domain_shift >= 0:
         kw["domain_shift"] = cfg.domain_shift

@@ -106,8 +106,6 @@ def finetune_config(cfg: QuickstartConfig, robot: Path, pretrain_run: Path, imag
               "source.frames.image_size": image_size, "eval_env": "vptr/Lift-v0",
               "eval_episodes": cfg.policy_episodes, "videos": 2, "checkpoint_every": 200,
               f"{agent}.batch_size": 64}
-    if agent in ("qc", "dqc"):
-        values[f"{agent}.act_samples"] = 16
     if agent == "qc":
         values["qc.target_samples"] = 4
     return build_config(FinetuneConfig, values, where="quickstart")

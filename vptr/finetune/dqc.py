@@ -91,6 +91,10 @@ class Critics(nn.Module):
         """Q_a: the critic used for best-of-N selection."""
         return self.qa(z, a)
 
+    def score_candidates(self, z, candidates):
+        """Q_a of N candidate chunks (B, N, h, Da) per observation: (K, B * N)."""
+        return self.q_action.of_candidates(z, candidates)
+
 
 class DQCNets(AgentNets):
     def __init__(self, cfg: DQCConfig, spec: DataSpec, trunks: TrunkFactory):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -187,18 +187,24 @@ class FlowPolicy(nn.Module):
 
 
 def euler_sample(policy: FlowPolicy, z: torch.Tensor, steps: int,
-                 noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Chunks (B, h, Da) in [-1, 1] from the flow policy by ``steps`` Euler steps.
+                 noise: torch.Tensor | None = None, repeats: int = 1) -> torch.Tensor:
+    """Chunks (B * repeats, h, Da) in [-1, 1] from the flow policy by ``steps`` Euler
+    steps; ``repeats`` samples per row of ``z`` (row-major: row b's samples are
+    b * repeats ... b * repeats + repeats - 1), whose observation share of the first layer
+    is computed once per row, not once per sample or per step.
 
     Differentiable (the caller decides: ``torch.no_grad()`` for acting and targets)."""
     if steps < 1:
         raise ConfigError(f"flow steps must be >= 1, got {steps}")
-    x = noise if noise is not None else torch.randn(z.shape[0], policy.chunk_dim,
-                                                    device=z.device, dtype=z.dtype)
+    cond = policy.condition(z)
+    if repeats > 1:
+        cond = repeat(cond, "b f -> (b n) f", n=repeats)
+    b = cond.shape[0]
+    x = noise if noise is not None else torch.randn(b, policy.chunk_dim, device=z.device,
+                                                    dtype=z.dtype)
     dt = 1.0 / steps
-    cond = policy.condition(z)  # once, not once per step
     for i in range(steps):
-        u = torch.full((z.shape[0],), i * dt, device=z.device, dtype=z.dtype)
+        u = torch.full((b,), i * dt, device=z.device, dtype=z.dtype)
         x = x + dt * policy.step(cond, x, u)
     return rearrange(x.clamp(-1.0, 1.0), "b (h d) -> b h d", h=policy.horizon)
 
@@ -240,8 +246,22 @@ class EnsembleMLP(nn.Module):
         """``fixed=True`` treats the weights as constants (a policy loss through Q)."""
         if x.ndim == 2:
             x = x.unsqueeze(0).expand(self.k, -1, -1)
-        for layer, norm in zip(self.layers, self.norms):
-            x = F.gelu(layer(x, fixed))
+        return self.from_first(self.layers[0](x, fixed), fixed)
+
+    def of_candidates(self, z: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The network on ``[z_b, candidate_bi flattened]`` for N candidates (B, N, ...)
+        per row z_b (B, F): (K, B * N), row b * N + i. The row's share of the first layer
+        is computed once per row, not once per candidate."""
+        n, first, f = candidates.shape[1], self.layers[0], z.shape[-1]
+        zc = torch.matmul(z, first.weight[:, :f]) + first.bias  # (K, B, H)
+        ac = torch.matmul(candidates.flatten(2).flatten(0, 1), first.weight[:, f:])
+        return self.from_first(ac + repeat(zc, "k b o -> k (b n) o", n=n))
+
+    def from_first(self, h: torch.Tensor, fixed: bool = False) -> torch.Tensor:
+        """The network from its first layer's output before the activation, (K, B, H)."""
+        x = h
+        for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
+            x = F.gelu(layer(x, fixed) if i else x)
             x = (F.layer_norm(x, norm.normalized_shape, norm.weight.detach(),
                               norm.bias.detach(), norm.eps) if fixed else norm(x))
         y = self.out(x, fixed)
@@ -269,6 +289,12 @@ class QNet(nn.Module):
         return self.heads(torch.cat(parts, dim=-1))
 
 
+    def score_candidates(self, z: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Q (K, B * N) of N candidate chunks (B, N, h, Da) per observation z (B, F) (see
+        :meth:`EnsembleMLP.of_candidates`)."""
+        return self.heads.of_candidates(z, candidates)
+
+
 class PolicyNet(nn.Module):
     """The behaviour (flow) policy with its own observation encoder."""
 
@@ -283,8 +309,7 @@ class PolicyNet(nn.Module):
 
 def sample_candidates(policy: PolicyNet, z: torch.Tensor, n: int, steps: int) -> torch.Tensor:
     """N chunks per observation: z (B, F) -> (B, N, h, Da); z is broadcast, not re-encoded."""
-    zz = repeat(z, "b f -> (b n) f", n=n)
-    chunks = euler_sample(policy.flow, zz, steps)
+    chunks = euler_sample(policy.flow, z, steps, repeats=n)
     return rearrange(chunks, "(b n) h d -> b n h d", n=n)
 
 
@@ -293,8 +318,7 @@ def best_of_n(q: QNet, zq: torch.Tensor, candidates: torch.Tensor) -> torch.Tens
     b, n = candidates.shape[:2]
     if n == 1:
         return candidates[:, 0]
-    flat = rearrange(candidates, "b n h d -> (b n) h d")
-    scores = q.score(repeat(zq, "b f -> (b n) f", n=n), flat).mean(0)  # (B*N,)
+    scores = q.score_candidates(zq, candidates).mean(0)  # (B*N,)
     best = rearrange(scores, "(b n) -> b n", n=n).argmax(dim=1)
     return candidates[torch.arange(b, device=candidates.device), best]
 
@@ -368,6 +392,16 @@ class ChunkActor(nn.Module):
                                cfg.feature_dim, cfg.task_dim) if cfg.shared_trunk else encoder())
             self.ranker = QNet(renc, cfg.chunk, spec.action_dim, cfg.ranker_heads,
                                cfg.ranker_hidden)
+
+    def set_act_samples(self, n: int) -> None:
+        """Act best-of-``n`` from now on (a latency / quality dial of deployment; the
+        critic that ranks the candidates must be in the artifact when ``n`` > 1)."""
+        if int(n) < 1:
+            raise ConfigError(f"act_samples must be >= 1, got {n}")
+        if n > 1 and self.ranker is None:
+            raise ConfigError(f"act_samples: best-of-{n} needs a critic to rank the "
+                              "candidates, and this policy has none (one plain sample: 1)")
+        self.cfg = replace(self.cfg, act_samples=int(n))
 
     @torch.no_grad()
     def with_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -293,8 +293,11 @@ class _Acting:
     """What both protocols share: the document, the actor, the task and the frame stacks."""
 
     def __init__(self, folder: str | os.PathLike | None = None, device: str = "cpu",
-                 task: int | str = 0, loaded: tuple[dict[str, Any], ChunkActor] | None = None):
+                 task: int | str = 0, loaded: tuple[dict[str, Any], ChunkActor] | None = None,
+                 act_samples: int = 0):
         self.doc, self.actor = loaded if loaded is not None else load_artifact(folder, device)
+        if act_samples:  # 0: the artifact's own best-of-N
+            self.actor.set_act_samples(act_samples)
         self.device = torch.device(device)
         self.actor.eval().to(self.device)
         self.data_spec: DataSpec = self.actor.spec
@@ -327,8 +330,8 @@ class ArtifactPolicy(_Acting):
 
     def __init__(self, folder: str | os.PathLike | None = None, device: str = "cpu",
                  task: int | str = 0, loaded: tuple[dict[str, Any], ChunkActor] | None = None,
-                 compiled: bool = True):
-        super().__init__(folder, device, task, loaded)
+                 compiled: bool = True, act_samples: int = 0):
+        super().__init__(folder, device, task, loaded, act_samples)
         obs = self.doc.get("observation", {})
         names = [n for s in obs.get("state", []) for n in s["names"]]
         cams = [(camera_name(c["feature"]), tuple(c["shape"])) for c in obs.get("cameras", [])]
@@ -399,15 +402,16 @@ def guided_chunks(actor: ChunkActor, batch: dict[str, torch.Tensor], prefix: tor
     n, flow = actor.cfg.act_samples, actor.policy.flow
     batch = actor.with_features(batch)
     with torch.no_grad():
-        z = repeat(actor.policy.encoder(batch, "obs"), "b f -> (b n) f", n=n)
-        cond = flow.condition(z)
+        z = actor.policy.encoder(batch, "obs")
+        cond = repeat(flow.condition(z), "b f -> (b n) f", n=n)  # once per observation
     target = repeat(actor.action_norm(prefix), "b h d -> (b n) h d", n=n)
 
     def velocity(x: torch.Tensor, tau: float) -> torch.Tensor:
         u = torch.full((x.shape[0],), tau, device=x.device, dtype=x.dtype)
         return flow.step(cond, rearrange(x, "b h d -> b (h d)"), u).reshape(x.shape)
 
-    noise = torch.randn(z.shape[0], flow.horizon, flow.action_dim, device=z.device, dtype=z.dtype)
+    noise = torch.randn(cond.shape[0], flow.horizon, flow.action_dim, device=z.device,
+                        dtype=z.dtype)
     x = guided_sample(velocity, noise, actor.cfg.flow_steps, target, weights.to(z.dtype),
                       max_guidance_weight).clamp(-1.0, 1.0)
     cands = rearrange(x, "(b n) h d -> b n h d", n=n)
@@ -425,8 +429,9 @@ class SimPolicy(_Acting):
     ``obs["env_index"]``)."""
 
     def __init__(self, folder: str | os.PathLike | None = None, device: str = "cpu",
-                 task: int | str = 0, loaded: tuple[dict[str, Any], ChunkActor] | None = None):
-        super().__init__(folder, device, task, loaded)
+                 task: int | str = 0, loaded: tuple[dict[str, Any], ChunkActor] | None = None,
+                 act_samples: int = 0):
+        super().__init__(folder, device, task, loaded, act_samples)
         self.state_keys = [env_key(f) for f in self.state_features]
         self.camera_keys = {f: env_key(f) for f in self.camera_features}
         self._observing = False

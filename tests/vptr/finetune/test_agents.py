@@ -128,6 +128,9 @@ class _LinearQ(torch.nn.Module):
     def score(self, z, actions):
         return actions[..., 0].sum(-1).expand(2, -1)
 
+    def score_candidates(self, z, candidates):
+        return self.score(z, candidates.flatten(0, 1))
+
 
 def test_best_of_n_picks_the_argmax_and_n1_is_the_sample():
     cands = torch.tensor([[[[0.1, 0.0]], [[0.9, 0.0]], [[-0.5, 0.0]]],
@@ -135,6 +138,25 @@ def test_best_of_n_picks_the_argmax_and_n1_is_the_sample():
     best = best_of_n(_LinearQ(), torch.zeros(2, 1), cands)
     assert torch.equal(best, cands[torch.arange(2), torch.tensor([1, 0])])
     assert torch.equal(best_of_n(_LinearQ(), torch.zeros(2, 1), cands[:, :1]), cands[:, 0])
+
+
+def test_candidates_share_the_observation_part_of_each_first_layer_exactly():
+    from vptr.finetune.nets import QNet
+
+    torch.manual_seed(0)
+    nets = get_agent("qc").create(small_cfg(get_agent("qc")), spec(), trunks)
+    z = nets.policy.encoder(tiny_batch(), "obs")
+    n = 5
+    noise = torch.randn(B * n, H * DA)
+    zz = z.repeat_interleave(n, dim=0)  # row b * n + i: observation b
+    shared = euler_sample(nets.policy.flow, z, 3, noise=noise, repeats=n)
+    torch.testing.assert_close(shared, euler_sample(nets.policy.flow, zz, 3, noise=noise))
+    q = nets.q
+    assert isinstance(q, QNet)
+    zq = q.encoder(tiny_batch(), "obs")
+    cands = shared.reshape(B, n, H, DA)
+    torch.testing.assert_close(q.score_candidates(zq, cands),
+                               q.score(zq.repeat_interleave(n, dim=0), shared))
 
 
 def test_qc_target_with_n1_equals_the_bc_sample():

@@ -93,6 +93,33 @@ def test_runtime_output_equals_the_training_model(tmp_path, name):
     np.testing.assert_allclose(out[0], ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("n", [1, 2, 9])
+def test_a_best_of_n_dial_at_load_acts_as_the_training_agent_with_that_n(tmp_path, n):
+    agent, cfg, nets = make_agent("qc")  # trained to act best-of-4
+    folder = save_policy(tmp_path / "p", "qc", cfg, nets, META)
+    policy = ArtifactPolicy(folder, act_samples=n)
+    assert policy.actor.cfg.act_samples == n
+    rng = np.random.default_rng(1)
+    seq = [observation(rng), observation(rng)]
+    for o in seq:
+        policy.observe(o)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        ref = nets.action_norm.inverse(agent.act(nets, training_batch(seq), cfg, samples=n))
+    torch.manual_seed(3)
+    np.testing.assert_allclose(policy(seq[-1]), ref[0].numpy(), atol=1e-5, rtol=0)
+
+
+def test_a_policy_without_a_critic_refuses_best_of_n(tmp_path):
+    from vptr.errors import ConfigError
+
+    agent, cfg, nets = make_agent("flowbc")
+    folder = save_policy(tmp_path / "p", "flowbc", cfg, nets, META)
+    with pytest.raises(ConfigError, match="needs a critic"):
+        SimPolicy(folder, act_samples=8)
+    assert SimPolicy(folder, act_samples=1).actor.cfg.act_samples == 1
+
+
 def test_traced_parts_act_as_the_eager_ones_with_a_channels_last_trunk(tmp_path):
     torch.manual_seed(0)
     spec = DataSpec(action_dim=DA, horizon=H, state_dim=3, cameras=(CAM,), image_size=SIZE)
