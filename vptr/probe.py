@@ -52,6 +52,8 @@ DEFAULT_IMAGE_SIZE = 32  # random and timm encoders (reduced scale)
 CHECKPOINT_EVERY = 500
 MIN_AV1_SIZE = 32
 CELL_FILE = "cell.json"
+DEMO_FORMATS = {"robomimic": "robomimic HDF5, frames as rendered",
+                "lerobot": "LeRobotDataset, frames as video"}
 PROBE_DIR = Path("runs/probe")
 # arm id -> (label, baseline arm id of the paired comparison)
 ARMS = {"encoder-frozen": ("encoder frozen", "random-frozen"),
@@ -88,6 +90,10 @@ class ProbeConfig:
     shift_pad: int = helpfield(2, "random-shift augmentation of the fine-tuned arms (frozen "
                                   "arms: none, their embeddings are cached)")
     noise: float = helpfield(0.1, "expert action noise of demonstrations and probe episodes")
+    demo_format: Literal["robomimic", "lerobot"] = helpfield(
+        "robomimic", "how the demonstrations are stored: robomimic (HDF5, frames exactly as "
+                     "rendered, what evaluation sees) or lerobot (mp4 video: at 32x32 the "
+                     "codec's loss cost flow BC ~17 points of success)")
     frame_episodes: int = helpfield(30, "expert episodes whose frames the linear and "
                                         "invariance probes read")
     val_fraction: float = helpfield(0.3, "share of those episodes the linear probe is "
@@ -288,9 +294,9 @@ def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[
     codec = "libsvtav1" if image_size >= MIN_AV1_SIZE else "h264"
     rcfg = RobotDataConfig(tasks=(task,), episodes_per_task=k, image_size=image_size,
                            keep_failures=False, noise=cfg.noise, seed=0, video_codec=codec,
-                           data_dir=cfg.data_dir)
+                           format=cfg.demo_format, data_dir=cfg.data_dir)
     path, record = generate_robot(rcfg, log=lambda m: None)
-    return path, record["stats"]
+    return (path / "demo.hdf5" if cfg.demo_format == "robomimic" else path), record["stats"]
 
 
 def finetune_values(cfg: ProbeConfig, enc: Encoder, arm: str, data: Path, seed: int) -> dict:
@@ -620,7 +626,7 @@ def run_probe(cfg: ProbeConfig, log: Callable[[str], None] = print) -> dict:
     cells_dir = ensure_dir(cells_root(cfg), "cells folder")
     split_note = (f"Split '{cfg.split}': evaluation episodes from reset seed {cfg.eval_seed}, "
                   f"probe frames from {cfg.frame_seeds()[0]}; demonstrations use seeds "
-                  f"0..K-1")
+                  f"0..K-1 (stored as {DEMO_FORMATS[cfg.demo_format]})")
     log(f"vptr probe: {enc.label}; {split_note}; report folder {root}, cells {cells_dir}")
     notes = [] if not enc.is_random else [
         "The probed encoder is itself a random init: its rows are the random-init and "

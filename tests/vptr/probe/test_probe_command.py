@@ -54,6 +54,7 @@ def test_tiny_probe_reports_every_probe_with_intervals(dirs, pretrain_run, capsy
     assert probe(dirs, "--encoder", str(pretrain_run), "--out", str(out), *TINY) == 0
     printed = capsys.readouterr().out
     assert "Few-demo imitation" in printed and "Split 'val'" in printed
+    assert "stored as robomimic HDF5" in printed  # frames as rendered: no codec loss
     report = json.loads((out / "report.json").read_text())
     assert report["split"] == "val" and report["eval_seed"] == 100_000
 
