@@ -60,6 +60,7 @@ ARMS = {"encoder-frozen": ("encoder frozen", "random-frozen"),
         "encoder-finetuned": ("encoder fine-tuned", "scratch"),
         "random-frozen": ("random init frozen", ""),
         "scratch": ("scratch (random init, end to end)", "")}
+ARM_MODES = ("frozen", "finetuned")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,10 @@ class ProbeConfig:
         "val", "evaluation seeds: val (from 100000, for choices) or test (from 300000, for "
                "reported numbers)")
     probes: tuple[str, ...] = helpfield(PROBES, "probes to run: " + ", ".join(PROBES))
+    arms: tuple[str, ...] = helpfield(ARM_MODES, "imitation arms: frozen (the encoder and a "
+                                                 "random init, frozen: minutes) and/or "
+                                                 "finetuned (the encoder fine-tuned and "
+                                                 "scratch: several times longer)")
     out: Path | None = helpfield(None, "report folder (default runs/probe/<encoder>-<hash>)")
     cells_dir: Path | None = helpfield(None, "training runs and probe results, reused when "
                                              "done (default runs/probe/cells, or <out>/cells "
@@ -123,6 +128,8 @@ class ProbeConfig:
             raise ConfigError("weights: only a timm:<model> encoder takes a weights file")
         if self.image_size and (self.image_size % 2 or not 16 <= self.image_size <= 512):
             raise ConfigError(f"image_size must be 0 or even in [16, 512], got {self.image_size}")
+        if not self.arms or set(self.arms) - set(ARM_MODES):
+            raise ConfigError(f"arms: choose from {', '.join(ARM_MODES)}, got {list(self.arms)}")
         bad = sorted(set(self.probes) - set(PROBES))
         if bad or not self.probes:
             raise ConfigError(f"probes: unknown {bad}; choose from {', '.join(PROBES)}")
@@ -184,8 +191,15 @@ class Encoder:
     is_random: bool = False  # the probed encoder is itself a random init
     sha256: str = ""  # of its weights file: a run that trained on invalidates done cells
 
-    def arm_ids(self) -> list[str]:
-        return [a for a in ARMS if not (self.is_random and a.startswith("encoder"))]
+    def arm_ids(self, modes: tuple[str, ...] = ARM_MODES) -> list[str]:
+        """The imitation arms of ``modes`` (frozen: the encoder and a random init frozen;
+        finetuned: the encoder fine-tuned and scratch)."""
+        return [a for a in ARMS if not (self.is_random and a.startswith("encoder"))
+                and _arm_mode(a) in modes]
+
+
+def _arm_mode(arm: str) -> str:
+    return "frozen" if arm.endswith("frozen") else "finetuned"
 
 
 def resolve_encoder(cfg: ProbeConfig) -> Encoder:
@@ -510,7 +524,7 @@ def imitation_summary(cfg: ProbeConfig, enc: Encoder, results: dict, demos: dict
     rows = []
     for task in cfg.tasks:
         for k in cfg.demos:
-            for arm in enc.arm_ids():
+            for arm in enc.arm_ids(cfg.arms):
                 for shift in [0.0, *cfg.shifts]:
                     outcome = {s: results[(task, k, arm, s)]["eval"][_key(shift)]
                                for s in cfg.seeds if (task, k, arm, s) in results}
@@ -592,7 +606,7 @@ def plan(cfg: ProbeConfig, enc: Encoder, demos: dict[tuple[str, int], Path]
         return {}
     return {(task, k, arm, seed): imitation_cell(cfg, enc, task, k, arm, seed, demos[(task, k)])
             for task in cfg.tasks for k in cfg.demos for seed in cfg.seeds
-            for arm in enc.arm_ids()}
+            for arm in enc.arm_ids(cfg.arms)}
 
 
 def trained_trunks(cfg: ProbeConfig, enc: Encoder, results: dict) -> dict[str, list[str]]:

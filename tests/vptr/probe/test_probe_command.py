@@ -133,6 +133,15 @@ def train_state_encoder(out, steps: int = 300):
                           objective="state regression (test)")
 
 
+def test_frozen_arms_alone_train_no_trunk(dirs):
+    out = dirs / "report_frozen"
+    assert probe(dirs, "--encoder", "random", "--out", str(out), "--arms", "frozen",
+                 "--probes", "imitation", *TINY) == 0
+    rows = json.loads((out / "report.json").read_text())["imitation"]
+    assert rows and {r["arm"] for r in rows} == {"random-frozen"}
+    assert not list((out / "cells").glob("imitation/*/*/scratch"))
+
+
 def test_an_encoder_trained_for_the_probe_task_beats_a_random_one(dirs, single_thread):
     folder = train_state_encoder(dirs / "state_encoder")
     out = dirs / "report_state"
@@ -154,6 +163,7 @@ def test_an_encoder_trained_for_the_probe_task_beats_a_random_one(dirs, single_t
     (["--encoder", "timm:resnet18", "--weights", "{tmp}/w.safetensors"],
      "w.safetensors: weights file not found"),
     (["--encoder", "random", "--split", "train"], "expected one of val, test"),
+    (["--encoder", "random", "--arms", "warm"], "arms: choose from frozen, finetuned"),
 ])
 def test_bad_input_is_one_error_line(dirs, tmp_path, capsys, args, message):
     from vptr.nets.encoders import make_encoder
