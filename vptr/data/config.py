@@ -106,6 +106,10 @@ class SamplerConfig:
                                          "the dataset (ICVF release: 0.3)")
     p_samegoal: float = helpfield(0.5, "probability that the outcome equals the intention, "
                                        "s+ = s_z (ICVF release: 0.5)")
+    intent_sametraj: bool = helpfield(False, "draw the intention s_z from the observation's "
+                                             "own trajectory only (the current frame with "
+                                             "p_currgoal, else a later frame of it; ICVF "
+                                             "release option intent_sametraj)")
     frame_skip: int = helpfield(1, "k: next_obs is the frame t+k (clipped at the trajectory "
                                    "end)")
     frame_stack: int = helpfield(1, "frames stacked along channels, oldest..newest (1-3); the "
@@ -146,3 +150,10 @@ class SamplerConfig:
     @property
     def goal_probs(self) -> tuple[float, float, float]:
         return (self.p_currgoal, self.p_trajgoal, self.p_randomgoal)
+
+    @property
+    def intent_probs(self) -> tuple[float, float, float]:
+        """(current, same trajectory, random) probabilities of the intention s_z."""
+        if self.intent_sametraj:
+            return (self.p_currgoal, 1.0 - self.p_currgoal, 0.0)
+        return self.goal_probs

@@ -142,7 +142,7 @@ def sample_index_batch(rng: np.random.Generator, offsets: np.ndarray, lengths: n
     next_t = np.minimum(t + cfg.frame_skip, last)
     future_t = sample_future_times(rng, t, traj_len, cfg)
     goal_traj, goal_t, goal_kind = sample_goals(rng, traj, t, lengths, cfg.goal_probs)
-    int_traj, int_t, int_kind = sample_goals(rng, traj, t, lengths, cfg.goal_probs)
+    int_traj, int_t, int_kind = sample_goals(rng, traj, t, lengths, cfg.intent_probs)
     same = rng.random(n) < cfg.p_samegoal
     goal_traj = np.where(same, int_traj, goal_traj)
     goal_t = np.where(same, int_t, goal_t)

@@ -68,6 +68,11 @@ class ICVFConfig:
     adam_eps: float = helpfield(3.125e-4, "Adam epsilon (release image setting)")
     batch_size: int = helpfield(64, "batch size (release image setting)")
     target_rate: float = helpfield(0.005, "Polyak rate of the target network per step")
+    no_intent: bool = helpfield(False, "ablation without intentions (release option "
+                                       "no_intent): the intention image is a constant "
+                                       "(every pixel 1) in every value, while its reward and "
+                                       "mask still come from the drawn frame; diagnostics "
+                                       "then read V(s, g, constant)")
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(self.hidden_dims)
@@ -124,6 +129,7 @@ class ICVFNets(nn.Module):
     def __init__(self, cfg: ICVFConfig, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
+        self.no_intent = bool(cfg.no_intent)
         self.heads = nn.ModuleList(
             MultilinearHead(encoder.out_dim, cfg.hidden_dims, cfg.layer_norm)
             for _ in range(cfg.num_heads))
@@ -161,6 +167,8 @@ def loss_fn(nets: ICVFNets, target_nets: ICVFNets, batch: Batch,
             cfg: ICVFConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     require_keys(batch, ("obs", "next_obs", "goal", "intent", "goal_reached", "intent_reached"),
                  PREFIX)
+    if cfg.no_intent:
+        batch = constant_intent(batch)
     with torch.no_grad():
         tf = encode_unique(target_nets.encoder, batch, ("obs", "next_obs", "goal", "intent"),
                            cfg.dedup)
@@ -198,12 +206,26 @@ def loss_fn(nets: ICVFNets, target_nets: ICVFNets, batch: Batch,
     return loss, metrics
 
 
+def constant_intent(batch: Batch) -> Batch:
+    """The batch with every intention image constant (all pixels 1, the release's
+    ``ones_like``) and one shared ``intent_index`` (-1), so deduplication encodes it once
+    and never mistakes it for a real frame; ``intent_reached`` is kept."""
+    out = dict(batch)
+    out["intent"] = torch.ones_like(batch["intent"])
+    if "intent_index" in batch:
+        out["intent_index"] = torch.full_like(torch.as_tensor(batch["intent_index"]), -1)
+    return out
+
+
 def value(nets: ICVFNets, obs: torch.Tensor, goal: torch.Tensor,
           intent: torch.Tensor | None = None) -> torch.Tensor:
-    """V(s, g, z) averaged over heads; z = g when no intention is given (V(s, g, g)).
+    """V(s, g, z) averaged over heads; z = g when no intention is given (V(s, g, g)), or
+    the constant intention of a ``no_intent`` model.
 
     Call under ``torch.no_grad()`` for diagnostics. Images as in the batch contract.
     """
+    if intent is None and getattr(nets, "no_intent", False):
+        intent = torch.ones_like(goal)
     n = obs.shape[0]
     images = [obs, goal] if intent is None else [obs, goal, intent]
     feats = nets.encoder(torch.cat(images)).split(n)

@@ -87,6 +87,18 @@ def test_batch_goal_and_intent_mixture_and_reached_flags():
     assert np.mean(never_same["goal_index"] == never_same["intent_index"]) < 0.05
 
 
+def test_intent_sametraj_draws_intentions_from_the_observations_own_trajectory():
+    b = _batch(SamplerConfig(intent_sametraj=True))
+    kinds = np.bincount(b["intent_kind"], minlength=3) / N
+    np.testing.assert_allclose(kinds, [0.2, 0.8, 0.0], atol=0.02)  # no random intentions
+    starts = np.concatenate([[0], np.cumsum(LENGTHS)[:-1]])
+    int_traj = np.searchsorted(np.cumsum(LENGTHS), b["intent_index"], side="right")
+    assert np.all(int_traj == b["traj_index"])
+    assert np.all(b["intent_index"] - starts[int_traj] >= b["t"])  # at or after s
+    # outcomes keep the release mixture (random goals too, or the intention with p_samegoal)
+    assert np.mean(b["goal_kind"] == GOAL_RANDOM) > 0.1
+
+
 def test_indices_point_into_the_right_trajectories():
     b = _batch(SamplerConfig(frame_skip=3), n=5000)
     start, last = OFFSETS[b["traj_index"]], OFFSETS[b["traj_index"]] + b["traj_len"] - 1

@@ -178,6 +178,29 @@ def test_icvf_value_defaults_intent_to_goal(setup):
     np.testing.assert_allclose(v_explicit.numpy(), hand, rtol=1e-9)
 
 
+def test_icvf_no_intent_sees_a_constant_intention_but_its_reward(setup, frames):
+    cfg, nets, target, batch = setup
+    cfg = dataclasses.replace(cfg, no_intent=True)
+    loss = icvf.loss_fn(nets, target, batch, cfg)[0].item()
+    const = {**batch, "intent": torch.ones_like(batch["intent"])}
+    expected, _ = _hand_loss(nets, target, const)  # rewards/masks from intent_index as drawn
+    assert loss == pytest.approx(expected, rel=1e-9)
+    other = {**batch, "intent": frames[torch.tensor([0, 1, 2, 3, 4])]}  # other pixels: same
+    assert icvf.loss_fn(nets, target, other, cfg)[0].item() == pytest.approx(loss, rel=1e-12)
+    moved = {**batch, "intent_reached": ~batch["intent_reached"]}  # the reward still counts
+    adv = icvf.loss_fn(nets, target, batch, cfg)[1]["icvf/adv_mean"].item()
+    assert icvf.loss_fn(nets, target, moved, cfg)[1]["icvf/adv_mean"].item() \
+        != pytest.approx(adv, rel=1e-6)
+    with torch.no_grad():  # diagnostics read the model at the intention it was trained on
+        nets.no_intent = True
+        ones = torch.ones_like(batch["goal"])
+        torch.testing.assert_close(icvf.value(nets, batch["obs"], batch["goal"]),
+                                   icvf.value(nets, batch["obs"], batch["goal"], ones))
+        nets.no_intent = False
+    assert icvf.loss_fn(nets, target, batch, dataclasses.replace(cfg, no_intent=False))[0] \
+        .item() != pytest.approx(loss, rel=1e-6)
+
+
 def test_icvf_missing_keys_and_bad_config(setup):
     cfg, nets, target, batch = setup
     del batch["intent_reached"]
