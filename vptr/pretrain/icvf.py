@@ -68,8 +68,8 @@ class ICVFConfig:
     adam_eps: float = helpfield(3.125e-4, "Adam epsilon (release image setting)")
     batch_size: int = helpfield(64, "batch size (release image setting)")
     target_rate: float = helpfield(0.005, "Polyak rate of the target network per step")
-    no_intent: bool = helpfield(False, "ablation without intentions (release option "
-                                       "no_intent): the intention image is a constant "
+    use_intent: bool = helpfield(True, "false: the ablation without intentions (release "
+                                       "option no_intent): the intention image is a constant "
                                        "(every pixel 1) in every value, while its reward and "
                                        "mask still come from the drawn frame; diagnostics "
                                        "then read V(s, g, constant)")
@@ -129,7 +129,7 @@ class ICVFNets(nn.Module):
     def __init__(self, cfg: ICVFConfig, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
-        self.no_intent = bool(cfg.no_intent)
+        self.no_intent = not cfg.use_intent
         self.heads = nn.ModuleList(
             MultilinearHead(encoder.out_dim, cfg.hidden_dims, cfg.layer_norm)
             for _ in range(cfg.num_heads))
@@ -167,7 +167,7 @@ def loss_fn(nets: ICVFNets, target_nets: ICVFNets, batch: Batch,
             cfg: ICVFConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     require_keys(batch, ("obs", "next_obs", "goal", "intent", "goal_reached", "intent_reached"),
                  PREFIX)
-    if cfg.no_intent:
+    if not cfg.use_intent:
         batch = constant_intent(batch)
     with torch.no_grad():
         tf = encode_unique(target_nets.encoder, batch, ("obs", "next_obs", "goal", "intent"),

@@ -180,7 +180,7 @@ def test_icvf_value_defaults_intent_to_goal(setup):
 
 def test_icvf_no_intent_sees_a_constant_intention_but_its_reward(setup, frames):
     cfg, nets, target, batch = setup
-    cfg = dataclasses.replace(cfg, no_intent=True)
+    cfg = dataclasses.replace(cfg, use_intent=False)
     loss = icvf.loss_fn(nets, target, batch, cfg)[0].item()
     const = {**batch, "intent": torch.ones_like(batch["intent"])}
     expected, _ = _hand_loss(nets, target, const)  # rewards/masks from intent_index as drawn
@@ -197,7 +197,7 @@ def test_icvf_no_intent_sees_a_constant_intention_but_its_reward(setup, frames):
         torch.testing.assert_close(icvf.value(nets, batch["obs"], batch["goal"]),
                                    icvf.value(nets, batch["obs"], batch["goal"], ones))
         nets.no_intent = False
-    assert icvf.loss_fn(nets, target, batch, dataclasses.replace(cfg, no_intent=False))[0] \
+    assert icvf.loss_fn(nets, target, batch, dataclasses.replace(cfg, use_intent=True))[0] \
         .item() != pytest.approx(loss, rel=1e-6)
 
 
