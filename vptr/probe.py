@@ -27,7 +27,9 @@ Output (``--out``, default ``runs/probe/<encoder>-<hash>``): ``report.json`` and
 ``report.md`` (also printed). Work is kept in cells (``--cells-dir``, default
 ``runs/probe/cells``, or ``<out>/cells`` when ``--out`` is given): one folder per training
 run or probe, with a ``cell.json`` once done. A rerun skips done cells and an interrupted
-fine-tuning run resumes from its last checkpoint; the random-init and scratch cells do not
+fine-tuning run resumes from its last checkpoint; a cell whose training was done for another
+evaluation (``--split test`` after ``val``) only evaluates that policy; the random-init and
+scratch cells do not
 depend on the probed encoder, so probes sharing a cells folder train them once (one probe
 at a time per cells folder: cells are not locked).
 """
@@ -336,13 +338,42 @@ def imitation_cell(cfg: ProbeConfig, enc: Encoder, task: str, k: int, arm: str, 
     cell = Cell(f"imitation/{_slug(task)}/k{k}/{arm}/seed{seed}",
                 {"finetune": values, "eval": evaluation,
                  "encoder_sha256": enc.sha256 if arm.startswith("encoder") else ""})
-    cell.run = lambda folder: _train_and_evaluate(cfg, values, evaluation, folder)
+    cell.run = lambda folder: _train_and_evaluate(cfg, values, evaluation, folder,
+                                                  trained_policy(cells_root(cfg), cell))
     return cell
 
 
-def _train_and_evaluate(cfg: ProbeConfig, values: dict, evaluation: dict, folder: Path) -> dict:
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def trained_policy(cells_dir: Path, cell: Cell) -> Path | None:
+    """The policy of a done imitation cell that trained this very run (same BC options and
+    encoder weights) for another evaluation -- the other split, other shifts or episode
+    counts: a test-split probe then evaluates the validation probe's policies, it does not
+    train them again."""
+    for path in sorted(cells_dir.glob(f"{cell.id}-*/{CELL_FILE}")):
+        try:
+            record = json.loads(path.read_text())
+            done = record["config"]
+            policy = Path(record["result"]["policy"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (_same(done.get("finetune"), cell.config["finetune"])
+                and done.get("encoder_sha256") == cell.config["encoder_sha256"]
+                and (policy / "policy.json").is_file()):
+            return policy
+    return None
+
+
+def _train_and_evaluate(cfg: ProbeConfig, values: dict, evaluation: dict, folder: Path,
+                        trained: Path | None = None) -> dict:
     from vptr.config import build_config
     from vptr.train.finetune_loop import FinetuneConfig, train
+
+    if trained is not None:
+        return {"policy": str(trained), "trained_in": str(trained.parent.parent),
+                "eval": evaluate_policy(cfg, trained, evaluation)}
 
     run_values = {**values, "out_dir": str(folder), "run_name": "run", "progress": False,
                   "threads": cfg.threads, "device": cfg.device,

@@ -140,6 +140,19 @@ def test_frozen_arms_alone_train_no_trunk(dirs):
     rows = json.loads((out / "report.json").read_text())["imitation"]
     assert rows and {r["arm"] for r in rows} == {"random-frozen"}
     assert not list((out / "cells").glob("imitation/*/*/scratch"))
+    # the test split evaluates the same policies on its own episodes, training nothing
+    runs = sorted((out / "cells").glob("imitation/*/*/*/*/run"))
+    test = dirs / "report_frozen_test"
+    assert probe(dirs, "--encoder", "random", "--out", str(test), "--cells-dir",
+                 str(out / "cells"), "--arms", "frozen", "--probes", "imitation", "--split",
+                 "test", *TINY) == 0
+    assert sorted((out / "cells").glob("imitation/*/*/*/*/run")) == runs
+    report = json.loads((test / "report.json").read_text())
+    assert report["split"] == "test" and report["eval_seed"] == 300_000
+    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("imitation/*/*/*/*/cell.json")]
+    tested = [c["result"] for c in cells if c["config"]["eval"]["seed"] == 300_000]
+    assert len(tested) == len(runs) and all("trained_in" in r for r in tested)
+    assert all(min(r["eval"]["0"]["episode_seeds"]) == 300_000 for r in tested)
 
 
 def test_an_encoder_trained_for_the_probe_task_beats_a_random_one(dirs, single_thread):
