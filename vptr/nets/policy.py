@@ -288,7 +288,6 @@ class QNet(nn.Module):
             parts.append(extra)
         return self.heads(torch.cat(parts, dim=-1))
 
-
     def score_candidates(self, z: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Q (K, B * N) of N candidate chunks (B, N, h, Da) per observation z (B, F) (see
         :meth:`EnsembleMLP.of_candidates`)."""
