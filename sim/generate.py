@@ -232,6 +232,12 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="ep", dynamic_ncols=True, leave=False)
 
 
+def robot_dataset_path(out: Path, cfg: RobotDataConfig) -> Path:
+    """What a robot-dataset reader opens in the folder :func:`generate_robot` returned:
+    the folder itself (LeRobotDataset) or the HDF5 file in it (robomimic)."""
+    return out / ROBOMIMIC_FILE if cfg.format == "robomimic" else out
+
+
 def generate_robot(cfg: RobotDataConfig, force: bool = False, log=print) -> tuple[Path, dict]:
     """Record expert demonstrations into a LeRobotDataset v3.0 or, with
     ``cfg.format="robomimic"``, a robomimic HDF5 file ``<out>/demo.hdf5`` (cached)."""

@@ -626,22 +626,16 @@ def data_configs(cfg: ExperimentConfig) -> tuple[Any, Any, Any]:
 
 def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None]
                  ) -> tuple[Path | None, Path, Path | None]:
-    from sim.generate import generate_robot, generate_video
+    from sim.generate import generate_robot, generate_video, robot_dataset_path
 
     vcfg, rcfg, pcfg = data_configs(cfg)
     needs_video = any(a != "none" for a in cfg.pretrainings)
     video = generate_video(vcfg, log=lambda m: None)[0] if needs_video else None
-    robot = _dataset(generate_robot(rcfg, log=lambda m: None)[0], rcfg)
-    prior = (_dataset(generate_robot(pcfg, log=lambda m: None)[0], pcfg)
+    robot = robot_dataset_path(generate_robot(rcfg, log=lambda m: None)[0], rcfg)
+    prior = (robot_dataset_path(generate_robot(pcfg, log=lambda m: None)[0], pcfg)
              if pcfg is not None else None)
     log(f"data: video {video}, robot {robot}" + (f", prior {prior}" if prior else ""))
     return video, robot, prior
-
-
-def _dataset(folder: Path, rcfg) -> Path:
-    """What ``vptr finetune --data`` reads: the LeRobotDataset folder, or the robomimic
-    file inside the generated folder."""
-    return folder / "demo.hdf5" if rcfg.format == "robomimic" else folder
 
 
 def validate_cells(cells: list[Cell]) -> None:

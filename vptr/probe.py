@@ -304,7 +304,7 @@ def run_cell(cell: Cell, cells_dir: Path) -> tuple[dict[str, Any], bool]:
 
 def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[Path, dict]:
     """The first K successful-expert episodes (reset seeds 0..K-1), generated once."""
-    from sim.generate import RobotDataConfig, generate_robot
+    from sim.generate import RobotDataConfig, generate_robot, robot_dataset_path
 
     # SVT-AV1 (the default codec) dies of SIGFPE on small frames (sim.generate refuses
     # them); H.264 encodes small frames
@@ -313,12 +313,12 @@ def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[
                            keep_failures=False, noise=cfg.noise, seed=0, video_codec=codec,
                            format=cfg.demo_format, data_dir=cfg.data_dir)
     path, record = generate_robot(rcfg, log=lambda m: None)
-    return (path / "demo.hdf5" if cfg.demo_format == "robomimic" else path), record["stats"]
+    return robot_dataset_path(path, rcfg), record["stats"]
 
 
 def finetune_values(cfg: ProbeConfig, enc: Encoder, arm: str, data: Path, seed: int) -> dict:
     """The ``vptr finetune`` options of one imitation run."""
-    frozen = arm.endswith("frozen")
+    frozen = _arm_mode(arm) == "frozen"
     own = arm.startswith("encoder")
     return {"data": str(data), "agent": "flowbc", "steps": cfg.steps, "seed": seed,
             "frame_stack": enc.frame_stack, "shift_pad": 0 if frozen else cfg.shift_pad,
