@@ -4,7 +4,7 @@ its summary (the V-PTR experiment; ../shared/specs/finetuning.md, "The V-PTR rec
 The grid file (TOML, ``--config``) names the arms and the shared settings::
 
     name = "vptr_sim"
-    pretrainings = ["none", "icvf", "tdjepa"]   # "none": fine-tune from scratch
+    pretrainings = ["none", "icvf", "tdjepa"]   # "none": train end to end from scratch
     agents = ["qc", "flowbc"]
     seeds = [0, 1, 2]
     eval_env = "vptr/Lift-v0"
@@ -16,6 +16,7 @@ The grid file (TOML, ``--config``) names the arms and the shared settings::
     [pretrain_arms.icvf]   # per arm (objective = the arm's name unless given)
     [finetune]         # FinetuneConfig values shared by every fine-tuning cell
     [finetune_agents.qc]   # per agent
+    [finetune_arms.none]   # per pretraining arm ("none" trains its trunk unless told)
     [prior]            # optional: RobotDataConfig values of the prior data (V-PTR phases 2-3)
     prior_fraction = 0.9   # share of prior chunks in every phase-3 batch
     [prior_finetune]   # FinetuneConfig values of the phase-2 runs (over [finetune])
@@ -90,6 +91,10 @@ class ExperimentConfig:
                                                                    "FinetuneConfig values"})
     finetune_agents: dict = field(default_factory=dict, metadata={"help": "TOML tables: "
                                                                           "per-agent values"})
+    finetune_arms: dict = field(default_factory=dict, metadata={
+        "help": "TOML tables: per-pretraining-arm FinetuneConfig values, over [finetune] and "
+                "[finetune_agents] (e.g. [finetune_arms.none] for the scratch arm); 'none' "
+                "trains its trunk (encoder.mode = finetune) unless its table says otherwise"})
     prior: dict = field(default_factory=dict, metadata={
         "help": "TOML table: RobotDataConfig values of the prior data of other tasks (over "
                 "[robot]'s); empty = no V-PTR phases 2-3"})
@@ -116,14 +121,15 @@ class ExperimentConfig:
         if self.eval_episodes < 1 or self.max_cells < 0:
             raise ConfigError("eval_episodes must be >= 1 and max_cells >= 0")
         for name in ("video", "robot", "pretrain", "pretrain_arms", "finetune", "finetune_agents",
-                     "prior", "prior_finetune"):
+                     "finetune_arms", "prior", "prior_finetune"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name}: expected a TOML table")
-        for name in ("pretrain_arms", "finetune_agents"):  # --config flattens the tables
+        for name in ("pretrain_arms", "finetune_agents", "finetune_arms"):  # --config flattens
             object.__setattr__(self, name, _by_arm(getattr(self, name), name))
-        unknown = set(self.pretrain_arms) - set(self.pretrainings)
-        if unknown:
-            raise ConfigError(f"pretrain_arms: {sorted(unknown)} are not in pretrainings")
+        for name in ("pretrain_arms", "finetune_arms"):
+            unknown = set(getattr(self, name)) - set(self.pretrainings)
+            if unknown:
+                raise ConfigError(f"{name}: {sorted(unknown)} are not in pretrainings")
         unknown = set(self.finetune_agents) - set(self.agents)
         if unknown:
             raise ConfigError(f"finetune_agents: {sorted(unknown)} are not in agents")
@@ -218,6 +224,27 @@ def with_base_file(values: dict) -> dict:
     return {**flatten(load_toml(path)), **values}
 
 
+def finetune_values(cfg: ExperimentConfig, arm: str, agent: str,
+                    phase2: bool = False) -> dict[str, Any]:
+    """A fine-tuning cell's run values: [finetune], then [finetune_agents.<agent>], then
+    (phase 2) [prior_finetune], then [finetune_arms.<arm>]. ``none`` is end-to-end training
+    from a random trunk: its trunk trains at the full learning rate whatever
+    ``encoder.mode`` the pretrained arms use (a frozen or 0.1x-lr random trunk would be a
+    handicapped baseline, not scratch), unless its own table sets the mode."""
+    from vptr.config import flatten
+
+    layers = [cfg.finetune, cfg.finetune_agents.get(agent, {})]
+    if phase2:
+        layers.append(cfg.prior_finetune)
+    if arm == "none":
+        layers.append({"encoder.mode": "finetune"})
+    layers.append(cfg.finetune_arms.get(arm, {}))
+    values: dict[str, Any] = {}
+    for layer in layers:  # dotted keys, so that a table and a dotted key name the same value
+        values.update(flatten(copy.deepcopy(layer)))
+    return with_base_file(values)
+
+
 def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None,
          prior: Path | None = Path("prior")) -> list[Cell]:
     """Every cell of the grid in run order (pretrainings, then phase 2, then the target
@@ -233,8 +260,7 @@ def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None,
                               config=_merge(values, {"data": str(video), "seed": seed})))
     for arm in cfg.pretrainings if cfg.phases else ():
         for agent in cfg.agents:
-            values = with_base_file(_merge(_merge(cfg.finetune, cfg.finetune_agents.get(agent, {})),
-                                           cfg.prior_finetune))
+            values = finetune_values(cfg, arm, agent, phase2=True)
             for seed in cfg.seeds:  # the prior tasks only: no evaluation on the target here
                 needs = "" if arm == "none" else f"pretrain/{arm}/seed{seed}"
                 cells.append(Cell(f"prior/{arm}/{agent}/seed{seed}", "prior", arm, seed, agent,
@@ -242,7 +268,7 @@ def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None,
                                                   "seed": seed, "eval_env": ""}), needs))
     for arm in cfg.pretrainings:
         for agent in cfg.agents:
-            values = with_base_file(_merge(cfg.finetune, cfg.finetune_agents.get(agent, {})))
+            values = finetune_values(cfg, arm, agent)
             if cfg.phases:
                 values = _merge(values, {"prior.data": [str(prior)],
                                          "prior.fraction": cfg.prior_fraction})

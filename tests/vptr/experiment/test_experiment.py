@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from vptr.errors import ConfigError
 from vptr.experiment import newcombe_paired, wilson
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -121,3 +122,27 @@ def test_newcombe_paired_difference_interval():
     # more discordant pairs -> a wider interval for the same difference
     wide = newcombe_paired(a=20, b=16, c=10, d=4)
     assert (wide[2] - wide[1]) > (hi - lo)
+
+
+def test_scratch_trains_its_trunk_whatever_mode_the_pretrained_arms_use():
+    from vptr.experiment import ExperimentConfig, plan
+
+    def modes(**tables):
+        cfg = ExperimentConfig(pretrainings=("none", "vip"), agents=("flowbc",), seeds=(0,),
+                               finetune={"encoder": {"mode": "frozen"}, "shift_pad": 0},
+                               prior={"tasks": ["vptr/Reach-v0", "vptr/Push-v0"]}, **tables)
+        cells = {c.id: c.config for c in plan(cfg, Path("video"), Path("robot"))}
+        return {cid: (c["encoder.mode"], c["shift_pad"]) for cid, c in cells.items()
+                if not cid.startswith("pretrain/")}
+
+    for phase in ("prior", "finetune"):
+        got = modes()
+        assert got[f"{phase}/none/flowbc/seed0"] == ("finetune", 0)
+        assert got[f"{phase}/vip/flowbc/seed0"] == ("frozen", 0)
+        got = modes(finetune_arms={"none": {"shift_pad": 2}, "vip": {"encoder.mode": "scaled"}})
+        assert got[f"{phase}/none/flowbc/seed0"] == ("finetune", 2)
+        assert got[f"{phase}/vip/flowbc/seed0"] == ("scaled", 0)
+        got = modes(finetune_arms={"none": {"encoder": {"mode": "frozen"}}})  # said explicitly
+        assert got[f"{phase}/none/flowbc/seed0"] == ("frozen", 0)
+    with pytest.raises(ConfigError, match="finetune_arms"):
+        modes(finetune_arms={"tcn": {"shift_pad": 2}})
