@@ -1,9 +1,20 @@
-"""Shared fixtures. Rendering always uses OSMesa on CPU in tests."""
+"""Shared fixtures. Rendering always uses OSMesa on CPU in tests.
+
+The suite runs on two pytest-xdist workers by default (pyproject's ``-n 2 --dist loadscope
+--no-loadscope-reorder``: a module's tests, and so its module fixtures, stay on one
+worker); ``-n 0`` runs it in one process (e.g. for ``--pdb``). Each worker, and what it
+starts, uses one torch/OpenMP thread: two workers each spinning two OpenMP threads on a
+2-core machine made small steps many times slower. The modules that take longest (the
+learning tests) are collected first, so that the other worker shares out the rest while
+they run."""
 
 import os
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, inherited by subprocesses
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 import csv
 
@@ -60,3 +71,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Longest-running modules, measured (`./run tests --durations=15`), first in this order; then
+# every other module with a slow test; then the rest, each in its collected order.
+LONGEST_FIRST = ("tests/vptr/train/test_learning.py", "tests/vptr/train/test_finetune_learning.py",
+                 "tests/vptr/experiment/test_experiment.py", "tests/vptr/test_quickstart.py",
+                 "tests/vptr/train/test_pretrain.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def module(item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    slow_modules = {module(i) for i in items if i.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        m = module(item)
+        if m in LONGEST_FIRST:
+            return LONGEST_FIRST.index(m)
+        return len(LONGEST_FIRST) + (0 if m in slow_modules else 1)
+
+    items.sort(key=rank)  # stable: a module's tests keep their order

@@ -164,7 +164,10 @@ def test_stale_observations_neither_start_inferences_nor_let_the_robot_run_open_
     clock = FakeClock()
     robot = one_joint_robot(clock=clock, faults=Faults(stale_prob=1.0))
     policy = LatencyPolicy(h=4, latency_s=0.0, state=("a",))
-    loop = make_loop(robot, policy, clock=clock, stop_after_s=0.3)
+    # only the first frame is fresh enough to plan from (a frame up to plan_max_age_periods
+    # old may legitimately start one, and whether its inference thread runs before the frame
+    # goes stale would be a race between real threads and the fake clock)
+    loop = make_loop(robot, policy, clock=clock, stop_after_s=0.3, plan_max_age_periods=0.5)
     report = loop.run()
     assert loop.executor.stats.inferences == 1  # only the cold start, from the fresh frame
     assert report.counts["obs_stale"] > 10 and loop.safety.interventions["hold"] > 0
