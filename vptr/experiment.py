@@ -357,7 +357,7 @@ def run_pretrain_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dic
     from vptr.train.pretrain_loop import PretrainConfig, train
 
     values = _merge(cell.config, {"out_dir": str(folder / "runs"), "run_name": cell.key,
-                                  "progress": cfg.progress})
+                                  "progress": cfg.progress, "source.progress": cfg.progress})
     result = train(build_config(PretrainConfig, values, where=cell.id))
     return {"run_dir": result["run_dir"], "step": result.get("step")}
 
@@ -376,7 +376,8 @@ def finetune_run(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) ->
     from vptr.train.finetune_loop import FinetuneConfig, train
 
     over: dict[str, Any] = {"out_dir": str(folder / "runs"), "run_name": cell.key,
-                            "progress": cfg.progress, **start_from(cell, deps)}
+                            "progress": cfg.progress, "source.frames.progress": cfg.progress,
+                            **start_from(cell, deps)}
     return train(build_config(FinetuneConfig, _merge(cell.config, over), where=cell.id))
 
 
@@ -656,9 +657,10 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None]
 
     vcfg, rcfg, pcfg = data_configs(cfg)
     needs_video = any(a != "none" for a in cfg.pretrainings)
-    video = generate_video(vcfg, log=lambda m: None)[0] if needs_video else None
-    robot = robot_dataset_path(generate_robot(rcfg, log=lambda m: None)[0], rcfg)
-    prior = (robot_dataset_path(generate_robot(pcfg, log=lambda m: None)[0], pcfg)
+    quiet, bars = (lambda m: None), cfg.progress
+    video = generate_video(vcfg, log=quiet, progress=bars)[0] if needs_video else None
+    robot = robot_dataset_path(generate_robot(rcfg, log=quiet, progress=bars)[0], rcfg)
+    prior = (robot_dataset_path(generate_robot(pcfg, log=quiet, progress=bars)[0], pcfg)
              if pcfg is not None else None)
     log(f"data: video {video}, robot {robot}" + (f", prior {prior}" if prior else ""))
     return video, robot, prior

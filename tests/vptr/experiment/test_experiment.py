@@ -36,6 +36,7 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     r = vptr_experiment(tmp_path, "--max-cells", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "cells: 1 run now" in r.stdout
+    assert "%|" not in r.stdout + r.stderr  # --no-progress: no bar (data generation included)
     cells = tmp_path / "exp" / "tiny" / "cells"
     pre = cells / "pretrain" / "icvf" / "seed0" / "cell.json"
     first = pre.stat().st_mtime_ns
