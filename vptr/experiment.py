@@ -10,6 +10,7 @@ The grid file (TOML, ``--config``) names the arms and the shared settings::
     eval_env = "vptr/Lift-v0"
     eval_episodes = 50
     test_seed = 300000                          # test episodes: reset seeds 300000, ...
+    eval_shifts = [0.3, 0.6]                    # and the same episodes at these visual shifts
     [video]            # sim.generate.VideoDataConfig values (the action-free video)
     [robot]            # sim.generate.RobotDataConfig values (the robot demonstrations)
     [pretrain]         # PretrainConfig values shared by every pretraining arm
@@ -24,8 +25,9 @@ The grid file (TOML, ``--config``) names the arms and the shared settings::
 Cells: ``pretrain/<arm>/seed<k>`` (a ``vptr pretrain`` run) and
 ``finetune/<arm>/<agent>/seed<k>`` (a ``vptr finetune`` run on the target demos, then a
 test evaluation on ``eval_episodes`` episodes from ``test_seed``, the policy conditioned on
-the target's task). Without ``[prior]`` a fine-tuning cell starts from the pretraining's
-encoder. With it the grid follows V-PTR's phases: ``prior/<arm>/<agent>/seed<k>`` (phase 2:
+the target's task; with ``eval_shifts``, the same episodes again at each visual shift level,
+added to done cells by a rerun without retraining). Without ``[prior]`` a fine-tuning
+cell starts from the pretraining's encoder. With it the grid follows V-PTR's phases: ``prior/<arm>/<agent>/seed<k>`` (phase 2:
 multi-task fine-tuning on the prior data of other tasks — ``[prior]`` values over
 ``[robot]``'s, e.g. ``tasks`` and ``episodes_per_task`` — from the pretrained trunk), and the
 fine-tuning cell (phase 3) starts every network from that run (``--init.run``) and mixes
@@ -79,6 +81,10 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = helpfield((0,), "seeds (each pretraining and fine-tuning cell)")
     eval_env: str = helpfield("vptr/Lift-v0", "environment of the test evaluation")
     eval_episodes: int = helpfield(50, "test episodes per fine-tuning cell")
+    eval_shifts: tuple[float, ...] = helpfield((), "visual shift levels (0-1, native envs) of "
+                                                   "more test evaluations of every fine-tuning "
+                                                   "cell, on the same episodes (the probe's: "
+                                                   "0.3 0.6); added to done cells on a rerun")
     test_seed: int = helpfield(300_000, "reset seed of the first test episode (no choice may "
                                         "look at these: validation uses other seeds)")
     video: dict = field(default_factory=dict, metadata={"help": "TOML table: VideoDataConfig"})
@@ -120,6 +126,9 @@ class ExperimentConfig:
                 raise ConfigError(f"{what}: repeated entries in {list(values)}")
         if self.eval_episodes < 1 or self.max_cells < 0:
             raise ConfigError("eval_episodes must be >= 1 and max_cells >= 0")
+        if any(not 0.0 < x <= 1.0 for x in self.eval_shifts) or len(set(self.eval_shifts)) != len(
+                self.eval_shifts):
+            raise ConfigError(f"eval_shifts: distinct levels in (0, 1], got {list(self.eval_shifts)}")
         for name in ("video", "robot", "pretrain", "pretrain_arms", "finetune", "finetune_agents",
                      "finetune_arms", "prior", "prior_finetune"):
             if not isinstance(getattr(self, name), dict):
@@ -386,24 +395,52 @@ def run_prior_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) 
     return {"run_dir": result["run_dir"], "step": result.get("step")}
 
 
-def run_finetune_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) -> dict:
+def shift_key(shift: float) -> str:
+    return f"{shift:g}"
+
+
+def test_eval(cfg: ExperimentConfig, run_dir: str, folder: Path,
+              shift: float | None = None) -> dict:
+    """The test evaluation of a fine-tuned policy: ``eval_episodes`` episodes from
+    ``test_seed``, at the env's own appearance or (``shift``) at that visual shift."""
     from sim.evaluate import evaluate
     from vptr.evaluate import policy_task
     from vptr.runtime.artifact import SimPolicy
 
-    result = finetune_run(cfg, cell, folder, deps)
-    folder_policy = Path(result["run_dir"]) / "policy"
+    folder_policy = Path(run_dir) / "policy"
     policy = SimPolicy(folder_policy, task=policy_task(folder_policy, cfg.eval_env, ""))
+    kwargs = policy.env_kwargs() | ({} if shift is None else {"domain_shift": shift})
+    name = "test_eval.json" if shift is None else f"test_eval_shift{shift_key(shift)}.json"
     t = time.time()
     report = evaluate(policy, cfg.eval_env, episodes=cfg.eval_episodes, seed=cfg.test_seed,
-                      env_kwargs=policy.env_kwargs(), report_path=folder / "test_eval.json",
-                      progress=False)
-    return {"run_dir": result["run_dir"], "step": result.get("step"),
-            "success_rate": report["success_rate"], "success_ci95": report["success_ci95"],
+                      env_kwargs=kwargs, report_path=folder / name, progress=False)
+    return {"success_rate": report["success_rate"], "success_ci95": report["success_ci95"],
             "episodes": report["episodes"],
             "successes": [bool(e["success"]) for e in report["per_episode"]],
             "episode_seeds": [int(e["seed"]) for e in report["per_episode"]],
             "task": policy.task_index, "eval_s": time.time() - t}
+
+
+def missing_shifts(cfg: ExperimentConfig, result: dict) -> list[float]:
+    have = result.get("shifted", {})
+    return [x for x in cfg.eval_shifts if shift_key(x) not in have]
+
+
+def add_shifted_evals(cfg: ExperimentConfig, result: dict, folder: Path) -> dict:
+    """``result`` with a test evaluation at every ``eval_shifts`` level it lacks."""
+    shifted = dict(result.get("shifted", {}))
+    for x in missing_shifts(cfg, result):
+        ev = test_eval(cfg, result["run_dir"], folder, x)
+        shifted[shift_key(x)] = {k: ev[k] for k in ("success_rate", "success_ci95", "episodes",
+                                                     "successes", "episode_seeds", "eval_s")}
+    return {**result, "shifted": shifted}
+
+
+def run_finetune_cell(cfg: ExperimentConfig, cell: Cell, folder: Path, deps: dict) -> dict:
+    result = finetune_run(cfg, cell, folder, deps)
+    out = {"run_dir": result["run_dir"], "step": result.get("step"),
+           **test_eval(cfg, result["run_dir"], folder)}
+    return add_shifted_evals(cfg, out, folder)
 
 
 RUNNERS: dict[str, Callable[..., dict]] = {"pretrain": run_pretrain_cell,
@@ -414,12 +451,15 @@ RUNNERS: dict[str, Callable[..., dict]] = {"pretrain": run_pretrain_cell,
 def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], None] = print) -> dict:
     """Run the selected cells that are not done; returns counts of what happened."""
     done = {c.id: read_cell(cfg, c) for c in cells}
-    counts = {"done_before": 0, "ran": 0, "locked": 0, "blocked": 0}
+    counts = {"done_before": 0, "ran": 0, "locked": 0, "blocked": 0, "evaluated": 0}
     for i, cell in enumerate(cells):
         if not selected(cfg, cell):
             continue
         if done[cell.id] is not None:
             counts["done_before"] += 1
+            if cell.kind == "finetune" and missing_shifts(cfg, done[cell.id]["result"]):
+                done[cell.id] = add_missing_evals(cfg, cell, done[cell.id], i, len(cells), log)
+                counts["evaluated"] += 1
             continue
         if cfg.max_cells and counts["ran"] >= cfg.max_cells:
             break
@@ -452,6 +492,26 @@ def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], Non
         finally:
             lock.release()
     return counts
+
+
+def add_missing_evals(cfg: ExperimentConfig, cell: Cell, record: dict, i: int, n: int,
+                      log: Callable[[str], None]) -> dict:
+    """A done fine-tuning cell given the shifted test evaluations it lacks (a grid whose
+    ``eval_shifts`` grew): its policy is evaluated, nothing is retrained."""
+    from vptr.files import atomic_write_text
+
+    folder = cell_dir(cfg, cell)
+    lock = CellLock(folder)
+    if not lock.acquire():
+        return record
+    try:
+        todo = ", ".join(shift_key(x) for x in missing_shifts(cfg, record["result"]))
+        log(f"[{i + 1}/{n}] {cell.id}: test evaluation at shift {todo}")
+        record = {**record, "result": add_shifted_evals(cfg, record["result"], folder)}
+        atomic_write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
+        return record
+    finally:
+        lock.release()
 
 
 # --------------------------------------------------------------------------- statistics
@@ -487,6 +547,16 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float, float
 # --------------------------------------------------------------------------- summary
 
 
+def levels(cfg: ExperimentConfig) -> list[float]:
+    """Visual shift levels of the test evaluations: 0 (the env's own appearance) first."""
+    return [0.0, *cfg.eval_shifts]
+
+
+def evaluations(result: dict, shift: float) -> dict | None:
+    """A fine-tuning cell's test evaluation at ``shift`` (0: the main one), if it has it."""
+    return result if shift == 0.0 else result.get("shifted", {}).get(shift_key(shift))
+
+
 def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
     """Write summary.{csv,md,json,png} from the done fine-tuning cells."""
     rows, outcomes = [], {}
@@ -497,27 +567,34 @@ def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
         rec = records.get(cell.id)
         if cell.kind != "finetune" or rec is None:
             continue
-        res = rec["result"]
-        k, n = sum(res["successes"]), len(res["successes"])
-        lo, hi = wilson(k, n)
-        rows.append({"pretraining": cell.arm, "agent": cell.agent, "seed": cell.seed,
-                     "episodes": n, "successes": k, "success_rate": k / n, "ci_low": lo,
-                     "ci_high": hi, "finetune_wall_s": rec["wall_s"],
-                     **upstream_walls(cell, by_id, walls)})
-        outcomes[(cell.arm, cell.agent, cell.seed)] = dict(zip(res["episode_seeds"], res["successes"]))
-    pooled = []
-    for arm in cfg.pretrainings:
-        for agent in cfg.agents:
-            mine = [r for r in rows if r["pretraining"] == arm and r["agent"] == agent]
-            if not mine:
+        for shift in levels(cfg):
+            res = evaluations(rec["result"], shift)
+            if res is None:
                 continue
-            k, n = sum(r["successes"] for r in mine), sum(r["episodes"] for r in mine)
+            k, n = sum(res["successes"]), len(res["successes"])
             lo, hi = wilson(k, n)
-            entry = {"pretraining": arm, "agent": agent, "seeds": len(mine), "episodes": n,
-                     "success_rate": k / n, "ci_low": lo, "ci_high": hi}
-            if arm != "none":
-                entry["vs_none"] = paired_vs_none(outcomes, arm, agent, cfg.seeds)
-            pooled.append(entry)
+            rows.append({"pretraining": cell.arm, "agent": cell.agent, "seed": cell.seed,
+                         "shift": shift, "episodes": n, "successes": k, "success_rate": k / n,
+                         "ci_low": lo, "ci_high": hi, "finetune_wall_s": rec["wall_s"],
+                         **upstream_walls(cell, by_id, walls)})
+            outcomes[(cell.arm, cell.agent, cell.seed, shift)] = dict(
+                zip(res["episode_seeds"], res["successes"]))
+    pooled = []
+    for shift in levels(cfg):
+        for arm in cfg.pretrainings:
+            for agent in cfg.agents:
+                mine = [r for r in rows if r["pretraining"] == arm and r["agent"] == agent
+                        and r["shift"] == shift]
+                if not mine:
+                    continue
+                k, n = sum(r["successes"] for r in mine), sum(r["episodes"] for r in mine)
+                lo, hi = wilson(k, n)
+                entry = {"pretraining": arm, "agent": agent, "shift": shift,
+                         "seeds": len(mine), "episodes": n, "success_rate": k / n,
+                         "ci_low": lo, "ci_high": hi}
+                if arm != "none":
+                    entry["vs_none"] = paired_vs_none(outcomes, arm, agent, cfg.seeds, shift)
+                pooled.append(entry)
     root = cfg.root
     root.mkdir(parents=True, exist_ok=True)
     write_csv(root / "summary.csv", rows)
@@ -540,11 +617,14 @@ def upstream_walls(cell: Cell, by_id: dict[str, Cell], walls: dict[str, float]
     return out
 
 
-def paired_vs_none(outcomes: dict, arm: str, agent: str, seeds) -> dict[str, Any] | None:
-    """Pairs of (arm, none) outcomes on the same seed and test episode, pooled over seeds."""
+def paired_vs_none(outcomes: dict, arm: str, agent: str, seeds,
+                   shift: float = 0.0) -> dict[str, Any] | None:
+    """Pairs of (arm, none) outcomes on the same seed and test episode (at the same shift),
+    pooled over seeds."""
     a = b = c = d = 0
     for seed in seeds:
-        mine, base = outcomes.get((arm, agent, seed)), outcomes.get(("none", agent, seed))
+        mine = outcomes.get((arm, agent, seed, shift))
+        base = outcomes.get(("none", agent, seed, shift))
         if mine is None or base is None:
             continue
         for ep in set(mine) & set(base):
@@ -561,7 +641,7 @@ def paired_vs_none(outcomes: dict, arm: str, agent: str, seeds) -> dict[str, Any
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    fields = ["pretraining", "agent", "seed", "episodes", "successes", "success_rate", "ci_low",
+    fields = ["pretraining", "agent", "seed", "shift", "episodes", "successes", "success_rate", "ci_low",
               "ci_high", "finetune_wall_s", "prior_wall_s", "pretrain_wall_s"]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
@@ -578,22 +658,26 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], pooled: list[dict]) -> str
     phases = (f"V-PTR phases: multi-task offline RL on prior data ({prior_tasks}), then the "
               f"target with {100 * cfg.prior_fraction:g} % prior chunks per batch"
               if cfg.phases else "Fine-tuned on the target demos from the pretrained trunk")
+    shifts = (f" Visual shift 0 is the env's own appearance; {', '.join(map(shift_key, cfg.eval_shifts))}"
+              " are the same test episodes rendered at that domain shift."
+              if cfg.eval_shifts else "")
     out = [f"# {cfg.name}: test success on {cfg.eval_env} (episodes from reset seed "
-           f"{cfg.test_seed})", "", f"{phases}.", "",
-           "| pretraining | agent | seeds | episodes | success % | "
+           f"{cfg.test_seed})", "", f"{phases}.{shifts}", "",
+           "| pretraining | agent | shift | seeds | episodes | success % | "
            "95 % CI (pooled) | per seed % [95 % CI] | vs none: difference [95 % CI] |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|"]
     for p in pooled:
         per = "; ".join(f"{pct(r['success_rate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}]"
                         for r in rows if r["pretraining"] == p["pretraining"]
-                        and r["agent"] == p["agent"])
+                        and r["agent"] == p["agent"] and r["shift"] == p["shift"])
         vs = p.get("vs_none")
         diff = (f"{100 * vs['difference']:+.1f} [{100 * vs['ci_low']:+.1f}, "
                 f"{100 * vs['ci_high']:+.1f}] ({vs['pairs']} pairs)") if vs else "-"
-        out.append(f"| {p['pretraining']} | {p['agent']} | {p['seeds']} | {p['episodes']} | "
-                   f"{pct(p['success_rate'])} | {pct(p['ci_low'])}-{pct(p['ci_high'])} | {per} | "
-                   f"{diff} |")
-    walls = [r["finetune_wall_s"] + r["prior_wall_s"] + r["pretrain_wall_s"] for r in rows]
+        out.append(f"| {p['pretraining']} | {p['agent']} | {shift_key(p['shift'])} | "
+                   f"{p['seeds']} | {p['episodes']} | {pct(p['success_rate'])} | "
+                   f"{pct(p['ci_low'])}-{pct(p['ci_high'])} | {per} | {diff} |")
+    walls = [r["finetune_wall_s"] + r["prior_wall_s"] + r["pretrain_wall_s"] for r in rows
+             if r["shift"] == 0.0]
     if walls:
         what = "pretraining + phase 2 on prior data + " if cfg.phases else "pretraining + "
         out += ["", f"Wall time per cell ({what}fine-tuning + test evaluation): "
@@ -602,6 +686,8 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], pooled: list[dict]) -> str
 
 
 def bar_chart(path: Path, pooled: list[dict], cfg: ExperimentConfig) -> None:
+    """Pooled success with Wilson intervals: bars per pretraining and agent, one panel per
+    visual shift level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -609,24 +695,30 @@ def bar_chart(path: Path, pooled: list[dict], cfg: ExperimentConfig) -> None:
 
     arms = [a for a in cfg.pretrainings if any(p["pretraining"] == a for p in pooled)]
     agents = [a for a in cfg.agents if any(p["agent"] == a for p in pooled)]
+    shifts = [x for x in levels(cfg) if any(p["shift"] == x for p in pooled)]
     width = 0.8 / max(len(agents), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(arms) * max(len(agents), 1) * 0.6, 3.2))
-    for j, agent in enumerate(agents):
-        xs, ys, lo, hi = [], [], [], []
-        for i, arm in enumerate(arms):
-            p = next((p for p in pooled if p["pretraining"] == arm and p["agent"] == agent), None)
-            if p is None:
-                continue
-            xs.append(i + (j - (len(agents) - 1) / 2) * width)
-            ys.append(100 * p["success_rate"])
-            lo.append(100 * (p["success_rate"] - p["ci_low"]))
-            hi.append(100 * (p["ci_high"] - p["success_rate"]))
-        ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=3, label=agent)
-    ax.set_xticks(range(len(arms)), arms)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("test success % (pooled, Wilson 95 %)")
-    ax.set_title(f"{cfg.name}: {cfg.eval_env}", fontsize=9)
-    ax.legend(fontsize=8)
+    panel_w = 1.6 + 1.2 * len(arms) * max(len(agents), 1) * 0.6
+    fig, axes = plt.subplots(1, len(shifts), figsize=(panel_w * len(shifts), 3.2),
+                             squeeze=False, sharey=True)
+    for ax, shift in zip(axes[0], shifts):
+        for j, agent in enumerate(agents):
+            xs, ys, lo, hi = [], [], [], []
+            for i, arm in enumerate(arms):
+                p = next((p for p in pooled if p["pretraining"] == arm and p["agent"] == agent
+                          and p["shift"] == shift), None)
+                if p is None:
+                    continue
+                xs.append(i + (j - (len(agents) - 1) / 2) * width)
+                ys.append(100 * p["success_rate"])
+                lo.append(100 * (p["success_rate"] - p["ci_low"]))
+                hi.append(100 * (p["ci_high"] - p["success_rate"]))
+            ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=3, label=agent)
+        ax.set_xticks(range(len(arms)), arms)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{cfg.name}: {cfg.eval_env}" + (f", visual shift {shift_key(shift)}"
+                                                      if len(shifts) > 1 else ""), fontsize=9)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("test success % (pooled, Wilson 95 %)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -692,7 +784,9 @@ def run(cfg: ExperimentConfig) -> int:
         counts = run_cells(cfg, cells)
         print(f"cells: {counts['ran']} run now, {counts['done_before']} done before, "
               f"{counts['locked']} running elsewhere, {counts['blocked']} waiting for a "
-              f"cell they start from")
+              f"cell they start from"
+              + (f"; {counts['evaluated']} done cells given their shifted test evaluations"
+                 if counts["evaluated"] else ""))
     summary = summarize(cfg, cells)
     print(f"summary of {len(summary['cells'])} fine-tuning cells: {cfg.root / 'summary.md'}")
     print((cfg.root / "summary.md").read_text())

@@ -90,6 +90,27 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     assert "| icvf | flowbc |" in md and "vs none" in md
     assert "75 % prior chunks per batch" in md
     assert all(float(r["prior_wall_s"]) > 0 for r in rows)
+    # a grid given shifted test evaluations evaluates the done policies again at that visual
+    # shift (same episodes), retrains nothing, and summarises each level with its own pairs
+    policy_file = Path(phase3["result"]["run_dir"]) / "policy" / "model.safetensors"
+    before = policy_file.stat().st_mtime_ns
+    r = vptr_experiment(tmp_path, "--eval-shifts", "0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cells: 0 run now, 5 done before" in r.stdout, r.stdout
+    assert "2 done cells given their shifted test evaluations" in r.stdout
+    assert policy_file.stat().st_mtime_ns == before
+    rows = list(csv.DictReader(open(root / "summary.csv")))
+    assert sorted((r["pretraining"], r["shift"]) for r in rows) == [
+        ("icvf", "0.0000"), ("icvf", "0.5000"), ("none", "0.0000"), ("none", "0.5000")]
+    shifted = json.loads((cells / "finetune" / "icvf" / "flowbc" / "seed0" / "cell.json")
+                         .read_text())["result"]["shifted"]["0.5"]
+    assert shifted["episode_seeds"] == [300000, 300001, 300002]
+    pooled = json.loads((root / "summary.json").read_text())["pooled"]
+    icvf05 = next(p for p in pooled if p["pretraining"] == "icvf" and p["shift"] == 0.5)
+    assert icvf05["vs_none"]["pairs"] == 3 and icvf05["episodes"] == 3
+    assert "| icvf | flowbc | 0.5 |" in (root / "summary.md").read_text()
+    r = vptr_experiment(tmp_path, "--eval-shifts", "0.5")  # nothing left to do
+    assert "shifted test evaluations" not in r.stdout
     # a changed phase 2 reruns phase 2 and what starts from it, not the pretraining
     changed = tmp_path / "tiny.toml"
     text = re.sub(r"(\[prior_finetune\][^\n]*\n)steps = 4", r"\1steps = 3", GRID.read_text())
@@ -147,3 +168,12 @@ def test_scratch_trains_its_trunk_whatever_mode_the_pretrained_arms_use():
         assert got[f"{phase}/none/flowbc/seed0"] == ("frozen", 0)
     with pytest.raises(ConfigError, match="finetune_arms"):
         modes(finetune_arms={"tcn": {"shift_pad": 2}})
+
+
+def test_eval_shifts_are_distinct_levels_in_0_1():
+    from vptr.experiment import ExperimentConfig
+
+    assert ExperimentConfig(eval_shifts=(0.3, 0.6)).eval_shifts == (0.3, 0.6)
+    for bad in ((0.0,), (1.5,), (0.3, 0.3)):
+        with pytest.raises(ConfigError, match="eval_shifts"):
+            ExperimentConfig(eval_shifts=bad)
