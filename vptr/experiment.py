@@ -23,26 +23,25 @@ The grid file (TOML, ``--config``) names the arms and the shared settings::
     [prior_finetune]   # FinetuneConfig values of the phase-2 runs (over [finetune])
 
 Cells: ``pretrain/<arm>/seed<k>`` (a ``vptr pretrain`` run) and
-``finetune/<arm>/<agent>/seed<k>`` (a ``vptr finetune`` run on the target demos, then a
-test evaluation on ``eval_episodes`` episodes from ``test_seed``, the policy conditioned on
-the target's task; with ``eval_shifts``, the same episodes again at each visual shift level,
-added to done cells by a rerun without retraining). Without ``[prior]`` a fine-tuning
-cell starts from the pretraining's encoder. With it the grid follows V-PTR's phases: ``prior/<arm>/<agent>/seed<k>`` (phase 2:
-multi-task fine-tuning on the prior data of other tasks — ``[prior]`` values over
-``[robot]``'s, e.g. ``tasks`` and ``episodes_per_task`` — from the pretrained trunk), and the
-fine-tuning cell (phase 3) starts every network from that run (``--init.run``) and mixes
-prior and target data in every batch (``--prior.data``, ``--prior.fraction``). A cell's key
-hashes its config and the key of the cell it starts from, so a changed pretraining or
-phase 2 reruns what depends on it. Each
-cell works in its own directory and writes ``cell.json`` when it is done; a rerun skips
-done cells and resumes interrupted ones (the runs resume from their last checkpoint), so
-the grid can be filled over several sittings and on several machines sharing the folder
-(a cell being run holds a lock file; ``--cells`` picks a subset, ``--max-cells`` stops
-after that many). The summary step gathers the done cells into ``summary.csv`` (one row
-per cell and seed), ``summary.md`` (per-seed and pooled Wilson 95 % intervals, and the
-paired difference of each pretraining against ``none`` under the same agent with
-Newcombe's interval), ``summary.json`` and ``summary.png`` (bars with pooled intervals).
-"""
+``finetune/<arm>/<agent>/seed<k>`` (a ``vptr finetune`` run on the target demos, then a test
+evaluation on ``eval_episodes`` episodes from ``test_seed``, the policy conditioned on the
+target's task; with ``eval_shifts``, the same episodes again at each visual shift level,
+added to done cells by a rerun without retraining). Without ``[prior]`` a fine-tuning cell
+starts from the pretraining's encoder. With it the grid follows V-PTR's phases:
+``prior/<arm>/<agent>/seed<k>`` (phase 2: multi-task fine-tuning on the prior data of other
+tasks — ``[prior]`` values over ``[robot]``'s, e.g. ``tasks`` and ``episodes_per_task`` —
+from the pretrained trunk), and the fine-tuning cell (phase 3) starts every network from
+that run (``--init.run``) and mixes prior and target data in every batch (``--prior.data``,
+``--prior.fraction``). A cell's key hashes its config and the key of the cell it starts
+from, so a changed pretraining or phase 2 reruns what depends on it. Each cell works in its
+own directory and writes ``cell.json`` when it is done; a rerun skips done cells and resumes
+interrupted ones (the runs resume from their last checkpoint), so the grid can be filled
+over several sittings and on several machines sharing the folder (a cell being run holds a
+lock file; ``--cells`` picks a subset, ``--max-cells`` stops after that many). The summary
+step gathers the done cells into ``summary.csv`` (one row per cell and seed), ``summary.md``
+(per-seed and pooled Wilson 95 % intervals, and the paired difference of each pretraining
+against ``none`` under the same agent with Newcombe's interval), ``summary.json`` and
+``summary.png`` (bars with pooled intervals). """
 
 from __future__ import annotations
 

@@ -312,7 +312,7 @@ def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[
     rcfg = RobotDataConfig(tasks=(task,), episodes_per_task=k, image_size=image_size,
                            keep_failures=False, noise=cfg.noise, seed=0, video_codec=codec,
                            format=cfg.demo_format, data_dir=cfg.data_dir)
-    path, record = generate_robot(rcfg, log=lambda m: None)
+    path, record = generate_robot(rcfg, log=lambda m: None, progress=cfg.progress)
     return robot_dataset_path(path, rcfg), record["stats"]
 
 

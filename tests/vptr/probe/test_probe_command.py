@@ -52,7 +52,9 @@ def probe(dirs, *args: str) -> int:
 def test_tiny_probe_reports_every_probe_with_intervals(dirs, pretrain_run, capsys):
     out = dirs / "report_run"
     assert probe(dirs, "--encoder", str(pretrain_run), "--out", str(out), *TINY) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "%|" not in captured.out + captured.err  # --no-progress: no bar, data generation's too
     assert "Few-demo imitation" in printed and "Split 'val'" in printed
     assert "stored as robomimic HDF5" in printed  # frames as rendered: no codec loss
     report = json.loads((out / "report.json").read_text())
