@@ -23,8 +23,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -228,23 +226,10 @@ def rollout(env, expert, seed: int):
             return
 
 
-_BARS: ContextVar[bool] = ContextVar("vptr_generate_bars", default=True)
-
-
 def _progress(total: int, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="ep", dynamic_ncols=True, leave=False,
-                disable=not _BARS.get())
-
-
-@contextmanager
-def _bars(show: bool):
-    token = _BARS.set(show)
-    try:
-        yield
-    finally:
-        _BARS.reset(token)
+    return tqdm(total=total, desc=desc, unit="ep", dynamic_ncols=True, leave=False)
 
 
 def robot_dataset_path(out: Path, cfg: RobotDataConfig) -> Path:
@@ -253,14 +238,12 @@ def robot_dataset_path(out: Path, cfg: RobotDataConfig) -> Path:
     return out / ROBOMIMIC_FILE if cfg.format == "robomimic" else out
 
 
-def generate_robot(cfg: RobotDataConfig, force: bool = False, log=print,
-                   progress: bool = True) -> tuple[Path, dict]:
+def generate_robot(cfg: RobotDataConfig, force: bool = False, log=print) -> tuple[Path, dict]:
     """Record expert demonstrations into a LeRobotDataset v3.0 or, with
     ``cfg.format="robomimic"``, a robomimic HDF5 file ``<out>/demo.hdf5`` (cached)."""
     out = cfg.out_dir()
     write = _write_robot if cfg.format == "lerobot" else _write_robomimic
-    with _bars(progress):
-        return _build(out, cfg, "robot", lambda d: write(cfg, d, out.name), force, log)
+    return _build(out, cfg, "robot", lambda d: write(cfg, d, out.name), force, log)
 
 
 def _quiet_encoders() -> None:
@@ -510,11 +493,9 @@ def _write_robomimic(cfg: RobotDataConfig, root: Path, name: str) -> dict:
             "splits": {"train": len(train), "valid": len(valid)}, **_env_state_record(layout)}
 
 
-def generate_video(cfg: VideoDataConfig, force: bool = False, log=print,
-                   progress: bool = True) -> tuple[Path, dict]:
+def generate_video(cfg: VideoDataConfig, force: bool = False, log=print) -> tuple[Path, dict]:
     """Film the video embodiment doing the tasks: mp4 folder + manifest.csv (cached)."""
-    with _bars(progress):
-        return _build(cfg.out_dir(), cfg, "video", lambda d: _write_video(cfg, d), force, log)
+    return _build(cfg.out_dir(), cfg, "video", lambda d: _write_video(cfg, d), force, log)
 
 
 def write_mp4(path: Path, frames: list[np.ndarray] | np.ndarray, fps: float) -> None:

@@ -748,11 +748,14 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None]
 
     vcfg, rcfg, pcfg = data_configs(cfg)
     needs_video = any(a != "none" for a in cfg.pretrainings)
-    quiet, bars = (lambda m: None), cfg.progress
-    video = generate_video(vcfg, log=quiet, progress=bars)[0] if needs_video else None
-    robot = robot_dataset_path(generate_robot(rcfg, log=quiet, progress=bars)[0], rcfg)
-    prior = (robot_dataset_path(generate_robot(pcfg, log=quiet, progress=bars)[0], pcfg)
-             if pcfg is not None else None)
+    from vptr.console import bars
+
+    quiet = lambda m: None
+    with bars(cfg.progress):
+        video = generate_video(vcfg, log=quiet)[0] if needs_video else None
+        robot = robot_dataset_path(generate_robot(rcfg, log=quiet)[0], rcfg)
+        prior = (robot_dataset_path(generate_robot(pcfg, log=quiet)[0], pcfg)
+                 if pcfg is not None else None)
     log(f"data: video {video}, robot {robot}" + (f", prior {prior}" if prior else ""))
     return video, robot, prior
 

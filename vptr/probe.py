@@ -305,6 +305,7 @@ def run_cell(cell: Cell, cells_dir: Path) -> tuple[dict[str, Any], bool]:
 def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[Path, dict]:
     """The first K successful-expert episodes (reset seeds 0..K-1), generated once."""
     from sim.generate import RobotDataConfig, generate_robot, robot_dataset_path
+    from vptr.console import bars
 
     # SVT-AV1 (the default codec) dies of SIGFPE on small frames (sim.generate refuses
     # them); H.264 encodes small frames
@@ -312,7 +313,8 @@ def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[
     rcfg = RobotDataConfig(tasks=(task,), episodes_per_task=k, image_size=image_size,
                            keep_failures=False, noise=cfg.noise, seed=0, video_codec=codec,
                            format=cfg.demo_format, data_dir=cfg.data_dir)
-    path, record = generate_robot(rcfg, log=lambda m: None, progress=cfg.progress)
+    with bars(cfg.progress):
+        path, record = generate_robot(rcfg, log=lambda m: None)
     return robot_dataset_path(path, rcfg), record["stats"]
 
 
