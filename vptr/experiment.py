@@ -41,7 +41,7 @@ lock file; ``--cells`` picks a subset, ``--max-cells`` stops after that many). T
 step gathers the done cells into ``summary.csv`` (one row per cell and seed), ``summary.md``
 (per-seed and pooled Wilson 95 % intervals, and the paired difference of each pretraining
 against ``none`` under the same agent with Newcombe's interval), ``summary.json`` and
-``summary.png`` (bars with pooled intervals). """
+``summary.png`` (bars with pooled intervals)."""
 
 from __future__ import annotations
 
