@@ -11,7 +11,8 @@ Batches follow the batch contract of :mod:`vptr.data.batch`.
 
 With ``SamplerConfig.shift_pad > 0`` every image gets its own random shift (a stacked
 frame shifts as a whole; keys and samples independently), as DrQ / the ICVF release do. The
-image tensors of a batch are views of one buffer (one transfer from a worker).
+image tensors of a batch are views of one buffer, as are its integers and its flags (three
+transfers from a worker, not one per key).
 """
 
 from __future__ import annotations
@@ -72,10 +73,12 @@ class PretrainSampler:
             images = shift_numpy(images, rng.integers(0, 2 * pad + 1, size=(k * b, 2)), pad)
         images = torch.from_numpy(images).view(k, b, s * 3, h, w)
         batch = {key: images[i] for i, key in enumerate(IMAGE_KEYS)}
-        for key in INT_KEYS:
-            batch[key] = torch.from_numpy(np.ascontiguousarray(idx[key], dtype=np.int64))
-        for key in FLAG_KEYS:
-            batch[key] = torch.from_numpy(idx[key])
+        # Integers and flags likewise share one buffer each: a worker hands every storage
+        # over through its own file descriptor, ~2-3 ms of the training process's time each.
+        ints = torch.from_numpy(np.stack([np.asarray(idx[k], dtype=np.int64) for k in INT_KEYS]))
+        flags = torch.from_numpy(np.stack([np.asarray(idx[k], dtype=bool) for k in FLAG_KEYS]))
+        batch.update(zip(INT_KEYS, ints))
+        batch.update(zip(FLAG_KEYS, flags))
         return batch
 
 
