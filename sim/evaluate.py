@@ -30,12 +30,16 @@ environments (MuJoCo/OSMesa contexts are created in the process that renders). A
 environments are stepped together and the policy is queried once per step for every
 environment that needs a chunk. Episode i always resets with seed ``seed + i`` and its
 result is stored under i, so per-episode results do not depend on the number of workers
-(for a policy whose output for a row does not depend on the rest of the batch).
+(for a policy whose output for a row does not depend on the rest of the batch). A policy
+whose ``reset`` takes ``seeds`` is told each new episode's reset seed
+(``reset(slots, seeds=...)``), so a stochastic policy can draw an episode's noise from its
+own generator: then an evaluation repeats exactly, whatever the batching or the process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import multiprocessing as mp
@@ -479,6 +483,13 @@ class _Episode:
                 "return": self.ret, "length": self.length}
 
 
+def _takes(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
 class _Rollouts:
     """Runs ``cfg.episodes`` episodes of ``policy`` on the slots of ``envs``."""
 
@@ -492,6 +503,8 @@ class _Rollouts:
         self.obs: list[dict | None] = [None] * cfg.num_envs
         self.results: list[dict | None] = [None] * cfg.episodes
         self.next_episode, self.policy_calls = 0, 0
+        reset = getattr(policy, "reset", None)
+        self._reset_seeds = reset is not None and _takes(reset, "seeds")
 
     def run(self) -> list[dict]:
         self._start(list(range(self.cfg.num_envs)))
@@ -541,7 +554,10 @@ class _Rollouts:
         for s, (obs, frame) in zip(slots, outs):
             self.obs[s] = obs
             self._add_frame(self.episodes[s], obs, frame)
-        if hasattr(self.policy, "reset"):
+        if self._reset_seeds:
+            self.policy.reset(np.asarray(slots, dtype=np.int64),
+                              seeds=np.asarray(seeds, dtype=np.int64))
+        elif hasattr(self.policy, "reset"):
             self.policy.reset(np.asarray(slots, dtype=np.int64))
         self._observe(slots)
 

@@ -294,6 +294,20 @@ def test_success_return_length_and_resets_with_uneven_episodes(count_env):
     assert sum(map(len, policy.resets)) == 7
 
 
+def test_a_policy_whose_reset_takes_seeds_is_told_each_episodes_reset_seed(count_env):
+    class Seeded(ConstantPolicy):
+        def reset(self, indices, seeds):
+            assert seeds.dtype == np.int64 and len(seeds) == len(indices)
+            self.told.extend(zip(indices.tolist(), seeds.tolist()))
+
+    policy = Seeded(np.ones(2), horizon=2)
+    policy.told = []
+    r = evaluate(policy, count_env, episodes=7, seed=40, envs_per_worker=3, progress=False)
+    # the same slot order as above, each slot told the seed its new episode resets with
+    assert policy.told == [(0, 40), (1, 41), (2, 42), (0, 43), (1, 44), (2, 45), (2, 46)]
+    assert [e["seed"] for e in r["per_episode"]] == list(range(40, 47))
+
+
 def test_observe_sees_every_observation():
     policy = ReachTowards(h=4)
     r = evaluate(policy, REACH, episodes=3, env_kwargs=SMALL, max_steps=5, envs_per_worker=2,

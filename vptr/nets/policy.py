@@ -306,9 +306,11 @@ class PolicyNet(nn.Module):
 # ----------------------------------------------------------------------------- best-of-N
 
 
-def sample_candidates(policy: PolicyNet, z: torch.Tensor, n: int, steps: int) -> torch.Tensor:
-    """N chunks per observation: z (B, F) -> (B, N, h, Da); z is broadcast, not re-encoded."""
-    chunks = euler_sample(policy.flow, z, steps, repeats=n)
+def sample_candidates(policy: PolicyNet, z: torch.Tensor, n: int, steps: int,
+                      noise: torch.Tensor | None = None) -> torch.Tensor:
+    """N chunks per observation: z (B, F) -> (B, N, h, Da); z is broadcast, not re-encoded.
+    ``noise`` (B * N, h * Da): the flow's starting points (default: fresh ``randn``)."""
+    chunks = euler_sample(policy.flow, z, steps, noise=noise, repeats=n)
     return rearrange(chunks, "(b n) h d -> b n h d", n=n)
 
 
@@ -323,11 +325,11 @@ def best_of_n(q: QNet, zq: torch.Tensor, candidates: torch.Tensor) -> torch.Tens
 
 
 def act_best_of_n(policy: PolicyNet, critic: nn.Module, batch: dict[str, torch.Tensor],
-                  n: int, steps: int) -> torch.Tensor:
+                  n: int, steps: int, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Acting: the best of ``n`` policy samples under ``critic`` (which has ``encoder`` and
     ``score``); ``n = 1`` is the plain sample and runs no critic. Each network encodes the
-    observation once."""
-    cands = sample_candidates(policy, policy.encoder(batch, "obs"), n, steps)
+    observation once. ``noise``: see :func:`sample_candidates`."""
+    cands = sample_candidates(policy, policy.encoder(batch, "obs"), n, steps, noise)
     return cands[:, 0] if n == 1 else best_of_n(critic, critic.encoder(batch, "obs"), cands)
 
 
@@ -411,10 +413,17 @@ class ChunkActor(nn.Module):
             return batch
         return {**batch, "obs_emb": self.policy.encoder.trunk_features(batch, "obs")}
 
+    def noise_shape(self) -> tuple[int, int]:
+        """Shape of one observation's share of :meth:`act`'s ``noise``: (N, h * Da)."""
+        return self.cfg.act_samples, self.policy.flow.chunk_dim
+
     @torch.no_grad()
-    def act(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Best-of-N (or plain) chunks (B, h, Da), dataset action units."""
+    def act(self, batch: dict[str, torch.Tensor],
+            noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Best-of-N (or plain) chunks (B, h, Da), dataset action units. ``noise``
+        (B * N, h * Da), row b's N candidates first: the flow's starting points (default:
+        fresh ``randn``), so that a caller can make each row's draw its own."""
         batch = self.with_features(batch)
         chunks = act_best_of_n(self.policy, self.ranker, batch, self.cfg.act_samples,
-                               self.cfg.flow_steps)
+                               self.cfg.flow_steps, noise)
         return self.action_norm.inverse(chunks)

@@ -435,6 +435,7 @@ class SimPolicy(_Acting):
         self.state_keys = [env_key(f) for f in self.state_features]
         self.camera_keys = {f: env_key(f) for f in self.camera_features}
         self._observing = False
+        self._noise: dict[int, torch.Generator] = {}  # slot -> its episode's generator
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -463,9 +464,34 @@ class SimPolicy(_Acting):
             kw["environment_state"] = True
         return kw
 
-    def reset(self, indices: np.ndarray | None = None) -> None:
-        """Forget the frames of the environment slots ``indices`` (all when None)."""
-        self.history.reset(None if indices is None else np.asarray(indices).tolist())
+    def reset(self, indices: np.ndarray | None = None, seeds: np.ndarray | None = None) -> None:
+        """Forget the frames of the environment slots ``indices`` (all when None). With
+        ``seeds`` (one per index: the harness passes each episode's reset seed) the slot's
+        sampling noise comes from its own generator seeded with it, so an episode's actions
+        depend only on its seed -- not on which episodes share a batch, the number of
+        worker processes, or what ran before in this process. Without, a slot draws from
+        torch's global generator."""
+        slots = None if indices is None else np.asarray(indices).tolist()
+        self.history.reset(slots)
+        if slots is None:
+            self._noise.clear()
+            slots = []
+        if seeds is not None and len(seeds) != len(slots):
+            raise ValueError(f"reset: {len(seeds)} seeds for {len(slots)} slots")
+        for i, slot in enumerate(slots):
+            if seeds is None:
+                self._noise.pop(int(slot), None)
+            else:
+                self._noise[int(slot)] = torch.Generator().manual_seed(int(seeds[i]))
+
+    def _slot_noise(self, slots: list[int]) -> torch.Tensor | None:
+        """Each row's candidates' starting noise from its slot's generator (None unless
+        every slot has one)."""
+        if not slots or any(s not in self._noise for s in slots):
+            return None
+        shape = self.actor.noise_shape()
+        noise = torch.cat([torch.randn(shape, generator=self._noise[s]) for s in slots])
+        return noise.to(self.device)
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         """Record every step's frames (the harness calls this between queries)."""
@@ -496,4 +522,5 @@ class SimPolicy(_Acting):
         images = {f: np.stack([self.history.stacked(s, f) for s in slots])
                   for f in self.camera_keys}
         n = len(slots) if n is None else n
-        return self.actor.act(self._batch(state, images, n)).cpu().numpy().astype(np.float32)
+        noise = self._slot_noise(slots)
+        return self.actor.act(self._batch(state, images, n), noise).cpu().numpy().astype(np.float32)

@@ -93,6 +93,40 @@ def test_runtime_output_equals_the_training_model(tmp_path, name):
     np.testing.assert_allclose(out[0], ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["flowbc", "qc"])
+def test_seeded_slots_act_the_same_whatever_the_batch_and_the_history(tmp_path, name):
+    agent, cfg, nets = make_agent(name, frame_stack=1)
+    sim = SimPolicy(save_policy(tmp_path / "p", name, cfg, nets, META))
+    rng = np.random.default_rng(0)
+    obs = [observation(rng) for _ in range(3)]
+
+    def batch(rows, slots):
+        return {"state": np.stack([obs[r]["observation.state"] for r in rows]),
+                "pixels.front": np.stack([obs[r][CAM] for r in rows]),
+                "env_index": np.asarray(slots, dtype=np.int64)}
+
+    sim.reset(np.arange(3), seeds=np.array([5, 6, 7]))
+    together = sim(batch([0, 1, 2], [0, 1, 2]))
+    torch.manual_seed(123)  # the global generator plays no part
+    sim.reset(np.array([2, 0]), seeds=np.array([7, 5]))  # other slots, other order
+    alone = sim(batch([2, 0], [2, 0]))
+    np.testing.assert_allclose(alone, together[[2, 0]], atol=1e-6, rtol=0)
+    sim.reset(np.arange(2), seeds=np.array([5, 5]))  # one observation in two slots
+    same = sim(batch([0, 0], [0, 1]))
+    sim.reset(np.arange(2), seeds=np.array([5, 6]))
+    other = sim(batch([0, 0], [0, 1]))
+    np.testing.assert_allclose(same[0], same[1], atol=1e-6, rtol=0)
+    assert not np.allclose(other[0], other[1], atol=1e-3)  # each seed its own draw
+    # a slot reset without a seed draws from torch's global generator
+    sim.reset(np.array([0]))
+    torch.manual_seed(9)
+    a = sim(batch([0], [0]))
+    torch.manual_seed(9)
+    np.testing.assert_array_equal(sim(batch([0], [0])), a)
+    with pytest.raises(ValueError, match="2 seeds for 1 slots"):
+        sim.reset(np.array([0]), seeds=np.array([1, 2]))
+
+
 @pytest.mark.parametrize("n", [1, 2, 9])
 def test_a_best_of_n_dial_at_load_acts_as_the_training_agent_with_that_n(tmp_path, n):
     agent, cfg, nets = make_agent("qc")  # trained to act best-of-4
