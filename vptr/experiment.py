@@ -749,12 +749,19 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None]
     vcfg, rcfg, pcfg = data_configs(cfg)
     needs_video = any(a != "none" for a in cfg.pretrainings)
     from vptr.console import bars
+    from vptr.data.pins import PINS_FILE, pinned_dataset
 
     quiet = lambda m: None
+    pins = cfg.root / PINS_FILE  # the grid keeps its data across edits of sim/
+
+    def robot_data(c) -> Path:
+        return robot_dataset_path(generate_robot(c, log=quiet)[0], c)
+
     with bars(cfg.progress):
-        video = generate_video(vcfg, log=quiet)[0] if needs_video else None
-        robot = robot_dataset_path(generate_robot(rcfg, log=quiet)[0], rcfg)
-        prior = (robot_dataset_path(generate_robot(pcfg, log=quiet)[0], pcfg)
+        video = (pinned_dataset(pins, "video", vcfg, lambda: generate_video(vcfg, log=quiet)[0],
+                                log) if needs_video else None)
+        robot = pinned_dataset(pins, "robot", rcfg, lambda: robot_data(rcfg), log)
+        prior = (pinned_dataset(pins, "prior", pcfg, lambda: robot_data(pcfg), log)
                  if pcfg is not None else None)
     log(f"data: video {video}, robot {robot}" + (f", prior {prior}" if prior else ""))
     return video, robot, prior

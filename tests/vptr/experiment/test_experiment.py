@@ -40,6 +40,9 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     cells = tmp_path / "exp" / "tiny" / "cells"
     pre = cells / "pretrain" / "icvf" / "seed0" / "cell.json"
     first = pre.stat().st_mtime_ns
+    pins = json.loads((tmp_path / "exp" / "tiny" / "data.json").read_text())
+    assert set(pins) == {"video", "robot", "prior"}  # kept across edits of sim/
+    assert all(Path(p["path"]).exists() for p in pins.values())
     # the second sitting does the rest (phase 2 on the prior data, then the target) and does
     # not redo the pretraining
     r = vptr_experiment(tmp_path)

@@ -5,6 +5,7 @@ and bad input refused in one line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,8 @@ def test_tiny_probe_reports_every_probe_with_intervals(dirs, pretrain_run, capsy
     assert "stored as robomimic HDF5" in printed  # frames as rendered: no codec loss
     report = json.loads((out / "report.json").read_text())
     assert report["split"] == "val" and report["eval_seed"] == 100_000
+    pins = json.loads((Path(report["cells_dir"]) / "data.json").read_text())
+    assert [n.split()[:3] for n in pins] == [["demos", "lift", "k2"]]  # kept across sim/ edits
 
     rows = report["imitation"]
     arms = {"encoder-frozen", "encoder-finetuned", "random-frozen", "scratch"}
