@@ -58,3 +58,21 @@ def test_a_corrupt_pins_file_is_refused_naming_it(tmp_path, maker):
     pins.write_text("{not json")
     with pytest.raises(DataError, match=f"{pins}: not a readable pins file"):
         pinned_dataset(pins, "robot", RobotDataConfig(), make("robot"))
+
+
+def test_the_evaluation_harness_does_not_key_generated_data(monkeypatch, tmp_path):
+    """An edit of sim/evaluate.py leaves every cached dataset where it was; one of the
+    environments' sources does not."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(sim.generate.__file__).parent
+    copy = tmp_path / "sim"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(sim.generate, "__file__", str(copy / "generate.py"))
+    fingerprint = sim.generate.sim_code_fingerprint.__wrapped__  # not the cached value
+    before = fingerprint()
+    (copy / "evaluate.py").write_text((copy / "evaluate.py").read_text() + "\n# edited\n")
+    assert fingerprint() == before
+    (copy / "native" / "env.py").write_text((copy / "native" / "env.py").read_text() + "\n# x\n")
+    assert fingerprint() != before
