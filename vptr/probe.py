@@ -303,42 +303,29 @@ def run_cell(cell: Cell, cells_dir: Path) -> tuple[dict[str, Any], bool]:
 
 
 def demo_dataset(cfg: ProbeConfig, task: str, k: int, image_size: int) -> tuple[Path, dict]:
-    """The first K successful-expert episodes (reset seeds 0..K-1), generated once."""
-    from sim.generate import RobotDataConfig, generate_robot, robot_dataset_path
+    """The first K successful-expert episodes (reset seeds 0..K-1), generated once and pinned
+    in the cells folder (cells are keyed by data paths: the demos survive edits of sim/)."""
+    from sim.generate import RobotDataConfig, cached, generate_robot, robot_dataset_path
+    from vptr.config import config_hash
     from vptr.console import bars
+    from vptr.data.pins import PINS_FILE, generation_config, pinned_dataset
 
     # SVT-AV1 (the default codec) dies of SIGFPE on small frames (sim.generate refuses
     # them); H.264 encodes small frames
     codec = "libsvtav1" if image_size >= MIN_AV1_SIZE else "h264"
-    from vptr.config import config_hash
-    from vptr.data.pins import PINS_FILE, generation_config, pinned_dataset
-
     rcfg = RobotDataConfig(tasks=(task,), episodes_per_task=k, image_size=image_size,
                            keep_failures=False, noise=cfg.noise, seed=0, video_codec=codec,
                            format=cfg.demo_format, data_dir=cfg.data_dir)
-    made: dict = {}
-
-    def make() -> Path:
-        made["out"], made["record"] = generate_robot(rcfg, log=lambda m: None)
-        return robot_dataset_path(made["out"], rcfg)
-
-    # the cells folder keeps its demos across edits of sim/ (cells are keyed by data paths)
     name = f"demos {_slug(task)} k{k} {image_size}px {config_hash(generation_config(rcfg))[:8]}"
     with bars(cfg.progress):
-        path = pinned_dataset(cells_root(cfg) / PINS_FILE, name, rcfg, make,
-                              log=print)
-    if "record" not in made:
-        made["record"] = read_generation_record(path)
-    return path, made["record"]["stats"]
-
-
-def read_generation_record(dataset: Path) -> dict:
-    """The generator's record of a (pinned) dataset: ``demo.hdf5``'s folder or the folder."""
-    from sim.generate import MARKER
-    from vptr.files import read_json_object
-
-    folder = dataset.parent if dataset.is_file() else dataset
-    return read_json_object(folder, MARKER, "a generated dataset")
+        path = pinned_dataset(cells_root(cfg) / PINS_FILE, name, rcfg, lambda: robot_dataset_path(
+            generate_robot(rcfg, log=lambda m: None)[0], rcfg))
+    folder = path.parent if path.is_file() else path
+    record = cached(folder)
+    if record is None:
+        raise DataError(f"{folder}: no generation record (an incomplete dataset); delete it "
+                        "to generate the demonstrations again")
+    return path, record["stats"]
 
 
 def finetune_values(cfg: ProbeConfig, enc: Encoder, arm: str, data: Path, seed: int) -> dict:
