@@ -48,6 +48,7 @@ from __future__ import annotations
 import copy
 import csv
 import fnmatch
+import functools
 import hashlib
 import json
 import math
@@ -110,6 +111,11 @@ class ExperimentConfig:
                 "[finetune] and [finetune_agents]"})
     data_dir: Path | None = helpfield(None, "generated-data cache (default: $VPTR_DATA_DIR or "
                                             "./data)")
+    results_dir: Path | None = helpfield(None, "a folder (e.g. in the repository) that keeps a "
+                                               "small record of every finished cell (its test "
+                                               "outcomes, walls, key): a grid continued on a "
+                                               "machine without the cells folder skips the "
+                                               "cells recorded there and summarises them")
     cells: tuple[str, ...] = helpfield((), "run only cells whose id matches one of these "
                                            "patterns (e.g. 'finetune/icvf/*')")
     max_cells: int = helpfield(0, "stop after running this many cells (0 = all)")
@@ -196,16 +202,25 @@ class Cell:
     config: dict[str, Any] = field(default_factory=dict)  # the run's resolved values
     needs: str = ""  # id of the cell whose result this one reads
     after: str = ""  # key of that cell (part of this cell's key)
-    stored_key: str = ""  # the key a record on disk gives (summary of stored cells)
+    data: dict[str, str] = field(default_factory=dict)  # data path -> what the data are
 
     @property
     def key(self) -> str:
-        if self.stored_key:
-            return self.stored_key
-        doc: Any = self.config if not self.after else {"config": self.config,
-                                                       "after": self.after}
+        """A hash of the run config (each dataset's path replaced by its generation config,
+        so that the key is the same on any machine and in any --data-dir) and of the key of
+        the cell it starts from."""
+        config = _replace_paths(self.config, self.data)
+        doc: Any = config if not self.after else {"config": config, "after": self.after}
         text = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _replace_paths(value: Any, data: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _replace_paths(v, data) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_paths(v, data) for v in value]
+    return data.get(value, value) if isinstance(value, str) else value
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -253,10 +268,26 @@ def finetune_values(cfg: ExperimentConfig, arm: str, agent: str,
     return with_base_file(values)
 
 
-def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None,
-         prior: Path | None = Path("prior")) -> list[Cell]:
+def data_tokens(cfg: ExperimentConfig, video: Path | None, robot: Path | None,
+                prior: Path | None) -> dict[str, str]:
+    """What each dataset path stands for in the cells' keys: its name and a hash of its
+    generation config (not where it is stored, nor which machine made it)."""
+    from vptr.data.pins import generation_config
+
+    out = {}
+    for name, path, c in zip(("video", "robot", "prior"), (video, robot, prior),
+                             data_configs(cfg)):
+        if path is not None and c is not None:
+            text = json.dumps(generation_config(c), sort_keys=True)
+            out[str(path)] = f"<{name} data {hashlib.sha256(text.encode()).hexdigest()[:10]}>"
+    return out
+
+
+def plan(cfg: ExperimentConfig, video: Path | None = Path("@video"),
+         robot: Path | None = Path("@robot"), prior: Path | None = Path("@prior")) -> list[Cell]:
     """Every cell of the grid in run order (pretrainings, then phase 2, then the target
-    fine-tuning), with its run config and the key of the cell it starts from."""
+    fine-tuning), with its run config and the key of the cell it starts from. The data
+    paths are where the data are on this machine; the keys do not depend on them."""
     cells: list[Cell] = []
     for arm in cfg.pretrainings:
         if arm == "none":
@@ -286,8 +317,10 @@ def plan(cfg: ExperimentConfig, video: Path | None, robot: Path | None,
                 cells.append(Cell(f"finetune/{arm}/{agent}/seed{seed}", "finetune", arm, seed,
                                   agent, _merge(values, {"data": str(robot), "agent": agent,
                                                          "seed": seed}), needs))
+    tokens = data_tokens(cfg, video, robot, prior)
     keys: dict[str, str] = {}
     for cell in cells:  # run order: a cell's dependency comes before it
+        cell.data = tokens
         cell.after = keys[cell.needs] if cell.needs else ""
         keys[cell.id] = cell.key
     return cells
@@ -303,7 +336,57 @@ def cell_dir(cfg: ExperimentConfig, cell: Cell) -> Path:
 
 def read_cell(cfg: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
     """The cell's record if it is done with the current config (else None)."""
-    path = cell_dir(cfg, cell) / CELL_FILE
+    return _read_record(cell_dir(cfg, cell) / CELL_FILE, cell)
+
+
+def results_file(cfg: ExperimentConfig, cell: Cell) -> Path | None:
+    return Path(cfg.results_dir) / f"{cell.id}.json" if cfg.results_dir else None
+
+
+def read_result(cfg: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
+    """The cell's record in the results folder if it is done with the current config."""
+    path = results_file(cfg, cell)
+    return _read_record(path, cell) if path is not None else None
+
+
+def write_result(cfg: ExperimentConfig, cell: Cell, record: dict[str, Any]) -> None:
+    """Keep a finished cell's record in the results folder (small: no weights), with the
+    commit and machine that produced it."""
+    path = results_file(cfg, cell)
+    if path is None:
+        return
+    doc = {**record, "produced_by": {"commit": _git_commit(), "host": socket.gethostname(),
+                                     "cpu": _cpu_model()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1, default=str))
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _read_record(path: Path, cell: Cell) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -448,32 +531,61 @@ RUNNERS: dict[str, Callable[..., dict]] = {"pretrain": run_pretrain_cell,
 
 
 def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], None] = print) -> dict:
-    """Run the selected cells that are not done; returns counts of what happened."""
+    """Run the selected cells that are not done; returns counts of what happened.
+
+    A cell is done when its folder holds its record (and its runs), or when the results
+    folder holds its record: then it is not run again unless a cell still to run starts
+    from its runs and they are not on this machine (they are made again first)."""
     done = {c.id: read_cell(cfg, c) for c in cells}
-    counts = {"done_before": 0, "ran": 0, "locked": 0, "blocked": 0, "evaluated": 0}
+    kept = {c.id: read_result(cfg, c) for c in cells}
+    for cell in cells:  # a record made before the results folder was given: keep it there
+        if done[cell.id] is not None and kept[cell.id] is None and cfg.results_dir:
+            write_result(cfg, cell, done[cell.id])
+            kept[cell.id] = done[cell.id]
+    by_id = {c.id: c for c in cells}
+    needed: set[str] = set()  # cells whose runs a cell still to run starts from
+    for cell in cells:
+        if selected(cfg, cell) and done[cell.id] is None and kept[cell.id] is None:
+            up = by_id.get(cell.needs)
+            while up is not None and done[up.id] is None:
+                needed.add(up.id)
+                up = by_id.get(up.needs)
+    counts = {"done_before": 0, "ran": 0, "locked": 0, "blocked": 0, "evaluated": 0,
+              "kept": 0}
     for i, cell in enumerate(cells):
         if not selected(cfg, cell):
             continue
+        tag = f"[{i + 1}/{len(cells)}] {cell.id}"
         if done[cell.id] is not None:
             counts["done_before"] += 1
             if cell.kind == "finetune" and missing_shifts(cfg, done[cell.id]["result"]):
                 done[cell.id] = add_missing_evals(cfg, cell, done[cell.id], i, len(cells), log)
                 counts["evaluated"] += 1
             continue
+        if kept[cell.id] is not None and cell.id not in needed:
+            counts["done_before"] += 1
+            counts["kept"] += 1
+            if cell.kind == "finetune" and missing_shifts(cfg, kept[cell.id]["result"]):
+                log(f"{tag}: done (results folder) but its policy is not on this machine: "
+                    f"no test evaluation at shift "
+                    f"{', '.join(map(shift_key, missing_shifts(cfg, kept[cell.id]['result'])))}")
+            continue
         if cfg.max_cells and counts["ran"] >= cfg.max_cells:
             break
         if cell.needs and done.get(cell.needs) is None:
-            log(f"[{i + 1}/{len(cells)}] {cell.id}: waiting for {cell.needs}")
+            log(f"{tag}: waiting for {cell.needs}")
             counts["blocked"] += 1
             continue
         folder = cell_dir(cfg, cell)
         lock = CellLock(folder)
         if not lock.acquire():
-            log(f"[{i + 1}/{len(cells)}] {cell.id}: running elsewhere ({lock.path}), skipped")
+            log(f"{tag}: running elsewhere ({lock.path}), skipped")
             counts["locked"] += 1
             continue
         try:
-            log(f"[{i + 1}/{len(cells)}] {cell.id}: running")
+            again = (" again: a cell still to run starts from its runs, which are not on this "
+                     "machine (its earlier record is replaced)" if kept[cell.id] else "")
+            log(f"{tag}: running{again}")
             t = time.time()
             deps = {cell.needs: done[cell.needs]["result"]} if cell.needs else {}
             result = RUNNERS[cell.kind](cfg, cell, folder, deps)
@@ -482,6 +594,7 @@ def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], Non
                       "wall_s": round(time.time() - t, 1), "config": cell.config,
                       "result": result}
             atomic_write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
+            write_result(cfg, cell, record)
             done[cell.id] = record
             counts["ran"] += 1
             msg = f"  done in {record['wall_s']:.0f}s"
@@ -508,6 +621,7 @@ def add_missing_evals(cfg: ExperimentConfig, cell: Cell, record: dict, i: int, n
         log(f"[{i + 1}/{n}] {cell.id}: test evaluation at shift {todo}")
         record = {**record, "result": add_shifted_evals(cfg, record["result"], folder)}
         atomic_write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
+        write_result(cfg, cell, record)
         return record
     finally:
         lock.release()
@@ -556,10 +670,17 @@ def evaluations(result: dict, shift: float) -> dict | None:
     return result if shift == 0.0 else result.get("shifted", {}).get(shift_key(shift))
 
 
+def best_record(cfg: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
+    """The cell's record in its folder or in the results folder, whichever has more test
+    evaluations (a results-folder record is all a fresh machine has)."""
+    found = [r for r in (read_cell(cfg, cell), read_result(cfg, cell)) if r is not None]
+    return max(found, key=lambda r: len(r.get("result", {}).get("shifted", {})), default=None)
+
+
 def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
     """Write summary.{csv,md,json,png} from the done fine-tuning cells."""
     rows, outcomes = [], {}
-    records = {c.id: r for c in cells if (r := read_cell(cfg, c)) is not None}  # read once
+    records = {c.id: r for c in cells if (r := best_record(cfg, c)) is not None}  # read once
     walls = {cid: r["wall_s"] for cid, r in records.items()}
     by_id = {c.id: c for c in cells}
     for cell in cells:
@@ -781,18 +902,19 @@ def validate_cells(cells: list[Cell]) -> None:
 
 def run(cfg: ExperimentConfig) -> int:
     if cfg.summary_only:
-        cells = plan(cfg, Path("video"), Path("robot"))
-        stored = {c.id: c for c in stored_cells(cfg)}
-        cells = [stored.get(c.id, c) for c in cells]
+        data_configs(cfg)
+        cells = plan(cfg)  # the keys do not depend on where the data are
     else:
-        validate_cells(plan(cfg, Path("video"), Path("robot")))  # before any work
+        validate_cells(plan(cfg))  # before any work
         data_configs(cfg)  # a bad [video], [robot] or [prior] table fails now
         cfg.root.mkdir(parents=True, exist_ok=True)  # an unwritable --out-dir fails now
         video, robot, prior = prepare_data(cfg, print)
         cells = plan(cfg, video, robot, prior)
         counts = run_cells(cfg, cells)
-        print(f"cells: {counts['ran']} run now, {counts['done_before']} done before, "
-              f"{counts['locked']} running elsewhere, {counts['blocked']} waiting for a "
+        print(f"cells: {counts['ran']} run now, {counts['done_before']} done before"
+              + (f" ({counts['kept']} from the results folder {cfg.results_dir})"
+                 if counts["kept"] else "")
+              + f", {counts['locked']} running elsewhere, {counts['blocked']} waiting for a "
               f"cell they start from"
               + (f"; {counts['evaluated']} done cells given their shifted test evaluations"
                  if counts["evaluated"] else ""))
@@ -800,21 +922,3 @@ def run(cfg: ExperimentConfig) -> int:
     print(f"summary of {len(summary['cells'])} fine-tuning cells: {cfg.root / 'summary.md'}")
     print((cfg.root / "summary.md").read_text())
     return 0
-
-
-def stored_cells(cfg: ExperimentConfig) -> list[Cell]:
-    """The cells recorded on disk (for --summary-only: their keys come from their records)."""
-    out = []
-    for path in sorted((cfg.root / "cells").rglob(CELL_FILE)):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        cell = Cell(rec["id"], rec["kind"], rec["arm"], int(rec["seed"]), rec.get("agent", ""),
-                    rec.get("config", {}), stored_key=rec.get("key", ""))
-        if cell.kind == "finetune" and cell.config.get("prior.data"):
-            cell.needs = f"prior/{cell.arm}/{cell.agent}/seed{cell.seed}"
-        elif cell.kind in ("finetune", "prior") and cell.arm != "none":
-            cell.needs = f"pretrain/{cell.arm}/seed{cell.seed}"
-        out.append(cell)
-    return out

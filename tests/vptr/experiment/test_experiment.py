@@ -124,6 +124,45 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     assert r.returncode == 0 and "cells: 2 run now, 1 done before" in r.stdout, r.stdout
 
 
+@pytest.mark.slow
+def test_a_grid_continued_on_a_fresh_machine_reads_the_results_folder(tmp_path):
+    # a first machine runs part of the grid and keeps each finished cell's record in a
+    # results folder (in the repository, for a grid filled over several sittings)
+    results = tmp_path / "results"
+    one = ("--results-dir", str(results))
+    r = vptr_experiment(tmp_path, *one, "--cells", "pretrain/*", "*/none/*")
+    assert r.returncode == 0 and "cells: 3 run now" in r.stdout, r.stdout + r.stderr[-3000:]
+    kept = sorted(str(p.relative_to(results)) for p in results.rglob("*.json"))
+    assert kept == ["finetune/none/flowbc/seed0.json", "pretrain/icvf/seed0.json",
+                    "prior/none/flowbc/seed0.json"]
+    rec = json.loads((results / "finetune/none/flowbc/seed0.json").read_text())
+    assert rec["status"] == "done" and len(rec["result"]["successes"]) == 3
+    assert rec["produced_by"]["cpu"]
+    # the machine goes away: the cells folder and the generated data are lost, the results
+    # folder is kept; the next machine (another --data-dir) redoes only what a cell still to
+    # run needs: the pretraining (phase 2 of icvf starts from its run), not scratch's cells
+    import shutil
+
+    shutil.rmtree(tmp_path / "exp")
+    shutil.rmtree(tmp_path / "data")
+    r = subprocess.run([sys.executable, "-m", "vptr", "experiment", "--config", str(GRID),
+                        "--out-dir", str(tmp_path / "exp2"), "--data-dir", str(tmp_path / "d2"),
+                        "--no-progress", *one], capture_output=True, text=True, timeout=900,
+                       cwd=ROOT, env=dict(os.environ, PYTHONHASHSEED="0"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cells: 3 run now, 2 done before (2 from the results folder" in r.stdout, r.stdout
+    assert "pretrain/icvf/seed0: running again" in r.stdout
+    rows = list(csv.DictReader(open(tmp_path / "exp2" / "tiny" / "summary.csv")))
+    assert {(row["pretraining"], row["agent"]) for row in rows} == {("none", "flowbc"),
+                                                                   ("icvf", "flowbc")}
+    none = next(row for row in rows if row["pretraining"] == "none")
+    assert int(none["successes"]) == sum(rec["result"]["successes"])
+    # --summary-only from the results folder alone (no cells folder at all)
+    r = vptr_experiment(tmp_path, *one, "--summary-only", "--out-dir", str(tmp_path / "exp3"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "summary of 2 fine-tuning cells" in r.stdout, r.stdout
+
+
 def test_a_bad_grid_is_refused_before_any_cell_runs(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(GRID.read_text().replace("[finetune]\n", "[finetune]\nstepz = 3\n"))
