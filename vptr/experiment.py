@@ -355,8 +355,10 @@ def write_result(cfg: ExperimentConfig, cell: Cell, record: dict[str, Any]) -> N
     path = results_file(cfg, cell)
     if path is None:
         return
+    from sim.generate import sim_code_fingerprint
+
     doc = {**record, "produced_by": {"commit": _git_commit(), "host": socket.gethostname(),
-                                     "cpu": _cpu_model()}}
+                                     "cpu": _cpu_model(), "sim_code": sim_code_fingerprint()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(doc, indent=1, default=str))
 
