@@ -109,6 +109,13 @@ class ExperimentConfig:
     prior_finetune: dict = field(default_factory=dict, metadata={
         "help": "TOML table: FinetuneConfig values of the phase-2 (prior data) runs, over "
                 "[finetune] and [finetune_agents]"})
+    value_sets: dict = field(default_factory=dict, metadata={
+        "help": "TOML tables [value_sets.<name>]: VideoDataConfig values (over [video]'s) of "
+                "held-out video on which every pretraining cell's value is scored (vptr "
+                "evaluate-values: Spearman, spread, V at the goal, against -pixel L2 and "
+                "untrained networks); added to done cells by a rerun without retraining"})
+    value_episodes: int = helpfield(25, "held-out episodes per value set")
+    value_untrained_seeds: int = helpfield(5, "untrained-network seeds of the value baseline")
     data_dir: Path | None = helpfield(None, "generated-data cache (default: $VPTR_DATA_DIR or "
                                             "./data)")
     results_dir: Path | None = helpfield(None, "a folder (e.g. in the repository) that keeps a "
@@ -135,10 +142,13 @@ class ExperimentConfig:
                 self.eval_shifts):
             raise ConfigError(f"eval_shifts: distinct levels in (0, 1], got {list(self.eval_shifts)}")
         for name in ("video", "robot", "pretrain", "pretrain_arms", "finetune", "finetune_agents",
-                     "finetune_arms", "prior", "prior_finetune"):
+                     "finetune_arms", "prior", "prior_finetune", "value_sets"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name}: expected a TOML table")
-        for name in ("pretrain_arms", "finetune_agents", "finetune_arms"):  # --config flattens
+        if self.value_episodes < 1 or self.value_untrained_seeds < 0:
+            raise ConfigError("value_episodes must be >= 1 and value_untrained_seeds >= 0")
+        for name in ("pretrain_arms", "finetune_agents", "finetune_arms",
+                     "value_sets"):  # --config flattens
             object.__setattr__(self, name, _by_arm(getattr(self, name), name))
         for name in ("pretrain_arms", "finetune_arms"):
             unknown = set(getattr(self, name)) - set(self.pretrainings)
@@ -532,12 +542,46 @@ RUNNERS: dict[str, Callable[..., dict]] = {"pretrain": run_pretrain_cell,
                                            "finetune": run_finetune_cell}
 
 
-def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], None] = print) -> dict:
+def missing_value_sets(result: dict, sets: dict[str, Path]) -> list[str]:
+    return [n for n in sets if n not in result.get("values", {})]
+
+
+def add_value_curves(cfg: ExperimentConfig, result: dict, folder: Path,
+                     sets: dict[str, Path]) -> dict:
+    """``result`` (a pretraining cell's) with the value-curve numbers of every held-out set
+    it lacks (``vptr evaluate-values`` on its run: the trained value, -pixel L2 and
+    untrained networks of the same architecture)."""
+    from vptr.diagnostics.evaluate import EvaluateValuesConfig, evaluate_run
+
+    todo = missing_value_sets(result, sets)
+    if not todo:
+        return result
+    ecfg = EvaluateValuesConfig(run=Path(result["run_dir"]),
+                                eval_data=tuple(f"{n}={sets[n]}" for n in todo),
+                                episodes=cfg.value_episodes,
+                                untrained_seeds=cfg.value_untrained_seeds,
+                                out_dir=folder / "values")
+    report = evaluate_run(ecfg, log=lambda m: None)
+    values = dict(result.get("values", {}))
+    numbers = ("spearman", "spearman_std", "spread", "goal_value")
+    for name, got in report["sets"].items():
+        methods = list(got["methods"].items())  # trained, -pixel L2, untrained s0, s1, ...
+        pick = lambda m: {k: m[k] for k in numbers}
+        values[name] = {"episodes": got["episodes"], "trained": pick(methods[0][1]),
+                        "pixel_l2": pick(methods[1][1]),
+                        "untrained": [pick(m) for _, m in methods[2:]],
+                        "untrained_best_spearman": got["untrained_best_spearman"]}
+    return {**result, "values": values}
+
+
+def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], None] = print,
+              value_sets: dict[str, Path] | None = None) -> dict:
     """Run the selected cells that are not done; returns counts of what happened.
 
     A cell is done when its folder holds its record (and its runs), or when the results
     folder holds its record: then it is not run again unless a cell still to run starts
     from its runs and they are not on this machine (they are made again first)."""
+    sets = value_sets or {}
     done = {c.id: read_cell(cfg, c) for c in cells}
     kept = {c.id: read_result(cfg, c) for c in cells}
     for cell in cells:  # a record made before the results folder was given: keep it there
@@ -560,8 +604,10 @@ def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], Non
         tag = f"[{i + 1}/{len(cells)}] {cell.id}"
         if done[cell.id] is not None:
             counts["done_before"] += 1
-            if cell.kind == "finetune" and missing_shifts(cfg, done[cell.id]["result"]):
-                done[cell.id] = add_missing_evals(cfg, cell, done[cell.id], i, len(cells), log)
+            if (cell.kind == "finetune" and missing_shifts(cfg, done[cell.id]["result"])) or (
+                    cell.kind == "pretrain" and missing_value_sets(done[cell.id]["result"], sets)):
+                done[cell.id] = add_missing_evals(cfg, cell, done[cell.id], i, len(cells), log,
+                                                  sets)
                 counts["evaluated"] += 1
             continue
         if kept[cell.id] is not None and cell.id not in needed:
@@ -571,6 +617,9 @@ def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], Non
                 log(f"{tag}: done (results folder) but its policy is not on this machine: "
                     f"no test evaluation at shift "
                     f"{', '.join(map(shift_key, missing_shifts(cfg, kept[cell.id]['result'])))}")
+            if cell.kind == "pretrain" and missing_value_sets(kept[cell.id]["result"], sets):
+                log(f"{tag}: done (results folder) but its run is not on this machine: no "
+                    f"value curves on {', '.join(missing_value_sets(kept[cell.id]['result'], sets))}")
             continue
         if cfg.max_cells and counts["ran"] >= cfg.max_cells:
             break
@@ -591,6 +640,8 @@ def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], Non
             t = time.time()
             deps = {cell.needs: done[cell.needs]["result"]} if cell.needs else {}
             result = RUNNERS[cell.kind](cfg, cell, folder, deps)
+            if cell.kind == "pretrain" and sets:
+                result = add_value_curves(cfg, result, folder, sets)
             record = {"id": cell.id, "status": "done", "key": cell.key, "kind": cell.kind,
                       "arm": cell.arm, "agent": cell.agent, "seed": cell.seed,
                       "wall_s": round(time.time() - t, 1), "config": cell.config,
@@ -609,9 +660,10 @@ def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], Non
 
 
 def add_missing_evals(cfg: ExperimentConfig, cell: Cell, record: dict, i: int, n: int,
-                      log: Callable[[str], None]) -> dict:
-    """A done fine-tuning cell given the shifted test evaluations it lacks (a grid whose
-    ``eval_shifts`` grew): its policy is evaluated, nothing is retrained."""
+                      log: Callable[[str], None], sets: dict[str, Path] | None = None) -> dict:
+    """A done cell given the evaluations it lacks (a grid whose ``eval_shifts`` or
+    ``value_sets`` grew): a fine-tuning cell's policy is tested at the new shifts, a
+    pretraining cell's value scored on the new sets; nothing is retrained."""
     from vptr.files import atomic_write_text
 
     folder = cell_dir(cfg, cell)
@@ -619,9 +671,15 @@ def add_missing_evals(cfg: ExperimentConfig, cell: Cell, record: dict, i: int, n
     if not lock.acquire():
         return record
     try:
-        todo = ", ".join(shift_key(x) for x in missing_shifts(cfg, record["result"]))
-        log(f"[{i + 1}/{n}] {cell.id}: test evaluation at shift {todo}")
-        record = {**record, "result": add_shifted_evals(cfg, record["result"], folder)}
+        if cell.kind == "pretrain":
+            log(f"[{i + 1}/{n}] {cell.id}: value curves on "
+                f"{', '.join(missing_value_sets(record['result'], sets or {}))}")
+            result = add_value_curves(cfg, record["result"], folder, sets or {})
+        else:
+            todo = ", ".join(shift_key(x) for x in missing_shifts(cfg, record["result"]))
+            log(f"[{i + 1}/{n}] {cell.id}: test evaluation at shift {todo}")
+            result = add_shifted_evals(cfg, record["result"], folder)
+        record = {**record, "result": result}
         atomic_write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
         write_result(cfg, cell, record)
         return record
@@ -717,15 +775,83 @@ def summarize(cfg: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
                 if arm != "none":
                     entry["vs_none"] = paired_vs_none(outcomes, arm, agent, cfg.seeds, shift)
                 pooled.append(entry)
+    values = value_table(cfg, [(c, records[c.id]) for c in cells
+                               if c.kind == "pretrain" and c.id in records])
     root = cfg.root
     root.mkdir(parents=True, exist_ok=True)
     write_csv(root / "summary.csv", rows)
-    atomic_write_text(root / "summary.json", json.dumps({"cells": rows, "pooled": pooled},
-                                                        indent=2))
-    atomic_write_text(root / "summary.md", markdown(cfg, rows, pooled))
+    atomic_write_text(root / "summary.json", json.dumps(
+        {"cells": rows, "pooled": pooled, "values": values}, indent=2))
+    atomic_write_text(root / "summary.md", markdown(cfg, rows, pooled)
+                      + values_markdown(cfg, values))
     if pooled:
         bar_chart(root / "summary.png", pooled, cfg)
-    return {"cells": rows, "pooled": pooled}
+    return {"cells": rows, "pooled": pooled, "values": values}
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def value_table(cfg: ExperimentConfig, done: list[tuple[Cell, dict]]) -> list[dict]:
+    """Per pretraining arm and held-out set: the trained value's Spearman(V, t), spread and
+    V(goal) as mean and s.d. over the arm's seeds, with the seeds' untrained networks (best
+    of their seeds) and -pixel L2 (the same episodes for every cell)."""
+    out = []
+    for arm in cfg.pretrainings:
+        recs = [(c.seed, r["result"]["values"]) for c, r in done
+                if c.arm == arm and r["result"].get("values")]
+        for name in cfg.value_sets:
+            got = [(seed, v[name]) for seed, v in recs if name in v]
+            if not got:
+                continue
+            row: dict[str, Any] = {"pretraining": arm, "set": name, "seeds": [s for s, _ in got],
+                                   "episodes": got[0][1]["episodes"]}
+            for what in ("spearman", "spread", "goal_value"):
+                row[what], row[f"{what}_sd"] = _mean_sd([v["trained"][what] for _, v in got])
+            row["untrained_best_spearman"], _ = _mean_sd(
+                [v["untrained_best_spearman"] for _, v in got])
+            row["pixel_l2_spearman"] = got[0][1]["pixel_l2"]["spearman"]
+            out.append(row)
+    return out
+
+
+def values_markdown(cfg: ExperimentConfig, values: list[dict]) -> str:
+    if not values:
+        return ""
+    sets = [n for n in cfg.value_sets if any(v["set"] == n for v in values)]
+    f = lambda x, sd, n: f"{x:+.2f} ± {sd:.2f}" if n > 1 else f"{x:+.2f}"
+    out = ["", "## Value curves of the pretraining cells (held-out video)", "",
+           f"Spearman(V, t) / spread over the true discounted time-to-goal range / V(goal, goal) "
+           f"of each pretraining's value on {values[0]['episodes']} held-out episodes per set, "
+           f"mean ± s.d. over the seeds; 'untrained' is the best of "
+           f"{cfg.value_untrained_seeds} untrained networks of the same architecture (mean over "
+           f"the cells).", "",
+           "| pretraining | seeds | " + " | ".join(f"{n}: rho / spread / V(g,g)" for n in sets)
+           + " |", "|---|---|" + "---|" * len(sets)]
+    arms = [a for a in cfg.pretrainings if any(v["pretraining"] == a for v in values)]
+    by = {(v["pretraining"], v["set"]): v for v in values}
+    for arm in arms:
+        cells, seeds = [], set()
+        for n in sets:
+            v = by.get((arm, n))
+            if v is None:
+                cells.append("-")
+                continue
+            k = len(v["seeds"])
+            seeds.update(v["seeds"])
+            cells.append(f"{f(v['spearman'], v['spearman_sd'], k)} / "
+                         f"{f(v['spread'], v['spread_sd'], k)} / {v['goal_value']:+.2f}")
+        out.append(f"| {arm} | {len(seeds)} | " + " | ".join(cells) + " |")
+    for arm in arms:
+        out.append(f"| untrained {arm} network | - | " + " | ".join(
+            f"{by[(arm, n)]['untrained_best_spearman']:+.2f}" if (arm, n) in by else "-"
+            for n in sets) + " |")
+    first = {n: next(v for v in values if v["set"] == n) for n in sets}
+    out.append("| -pixel L2 | - | " + " | ".join(
+        f"{first[n]['pixel_l2_spearman']:+.2f}" for n in sets) + " |")
+    return "\n".join(out) + "\n"
 
 
 def upstream_walls(cell: Cell, by_id: dict[str, Cell], walls: dict[str, float]
@@ -890,6 +1016,33 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None]
     return video, robot, prior
 
 
+def value_set_configs(cfg: ExperimentConfig) -> dict[str, Any]:
+    """name -> VideoDataConfig of each held-out value set ([video]'s values under its own)."""
+    from sim.generate import VideoDataConfig
+    from vptr.config import build_config
+
+    extra = {"data_dir": str(cfg.data_dir)} if cfg.data_dir else {}
+    return {name: build_config(VideoDataConfig, {**cfg.video, **values, **extra},
+                               where=f"value_sets.{name}")
+            for name, values in cfg.value_sets.items()}
+
+
+def prepare_value_sets(cfg: ExperimentConfig, log: Callable[[str], None]) -> dict[str, Path]:
+    from sim.generate import generate_video
+    from vptr.console import bars
+    from vptr.data.pins import PINS_FILE, pinned_dataset
+
+    out = {}
+    with bars(cfg.progress):
+        for name, vc in value_set_configs(cfg).items():
+            out[name] = pinned_dataset(cfg.root / PINS_FILE, f"values_{name}", vc,
+                                       lambda vc=vc: generate_video(vc, log=lambda m: None)[0],
+                                       log)
+    if out:
+        log("value sets: " + ", ".join(f"{n} {p}" for n, p in out.items()))
+    return out
+
+
 def validate_cells(cells: list[Cell]) -> None:
     """Build every cell's run config before anything runs (a typo fails now, not in hour 3)."""
     from vptr.config import build_config
@@ -905,20 +1058,24 @@ def validate_cells(cells: list[Cell]) -> None:
 def run(cfg: ExperimentConfig) -> int:
     if cfg.summary_only:
         data_configs(cfg)
+        value_set_configs(cfg)
         cells = plan(cfg)  # the keys do not depend on where the data are
     else:
         validate_cells(plan(cfg))  # before any work
         data_configs(cfg)  # a bad [video], [robot] or [prior] table fails now
+        value_set_configs(cfg)
         cfg.root.mkdir(parents=True, exist_ok=True)  # an unwritable --out-dir fails now
         video, robot, prior = prepare_data(cfg, print)
+        sets = prepare_value_sets(cfg, print) if any(
+            a != "none" for a in cfg.pretrainings) else {}
         cells = plan(cfg, video, robot, prior)
-        counts = run_cells(cfg, cells)
+        counts = run_cells(cfg, cells, value_sets=sets)
         print(f"cells: {counts['ran']} run now, {counts['done_before']} done before"
               + (f" ({counts['kept']} from the results folder {cfg.results_dir})"
                  if counts["kept"] else "")
               + f", {counts['locked']} running elsewhere, {counts['blocked']} waiting for a "
               f"cell they start from"
-              + (f"; {counts['evaluated']} done cells given their shifted test evaluations"
+              + (f"; {counts['evaluated']} done cells given their missing evaluations"
                  if counts["evaluated"] else ""))
     summary = summarize(cfg, cells)
     print(f"summary of {len(summary['cells'])} fine-tuning cells: {cfg.root / 'summary.md'}")

@@ -40,8 +40,11 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     cells = tmp_path / "exp" / "tiny" / "cells"
     pre = cells / "pretrain" / "icvf" / "seed0" / "cell.json"
     first = pre.stat().st_mtime_ns
+    values = json.loads(pre.read_text())["result"]["values"]["arm"]  # scored on held-out video
+    assert values["episodes"] == 2 and -1.0 <= values["trained"]["spearman"] <= 1.0
+    assert len(values["untrained"]) == 1 and "spearman" in values["pixel_l2"]
     pins = json.loads((tmp_path / "exp" / "tiny" / "data.json").read_text())
-    assert set(pins) == {"video", "robot", "prior"}  # kept across edits of sim/
+    assert set(pins) == {"video", "robot", "prior", "values_arm"}  # kept across edits of sim/
     assert all(Path(p["path"]).exists() for p in pins.values())
     # the second sitting does the rest (phase 2 on the prior data, then the target) and does
     # not redo the pretraining
@@ -92,6 +95,8 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     md = (root / "summary.md").read_text()
     assert "| icvf | flowbc |" in md and "vs none" in md
     assert "75 % prior chunks per batch" in md
+    assert "## Value curves of the pretraining cells" in md and "| icvf | 1 | " in md
+    assert summary["values"][0]["set"] == "arm" and summary["values"][0]["seeds"] == [0]
     assert all(float(r["prior_wall_s"]) > 0 for r in rows)
     # a grid given shifted test evaluations evaluates the done policies again at that visual
     # shift (same episodes), retrains nothing, and summarises each level with its own pairs
@@ -100,7 +105,7 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     r = vptr_experiment(tmp_path, "--eval-shifts", "0.5")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "cells: 0 run now, 5 done before" in r.stdout, r.stdout
-    assert "2 done cells given their shifted test evaluations" in r.stdout
+    assert "2 done cells given their missing evaluations" in r.stdout
     assert policy_file.stat().st_mtime_ns == before
     rows = list(csv.DictReader(open(root / "summary.csv")))
     assert sorted((r["pretraining"], r["shift"]) for r in rows) == [
@@ -113,7 +118,7 @@ def test_tiny_grid_end_to_end_resumes_without_redoing_cells(tmp_path):
     assert icvf05["vs_none"]["pairs"] == 3 and icvf05["episodes"] == 3
     assert "| icvf | flowbc | 0.5 |" in (root / "summary.md").read_text()
     r = vptr_experiment(tmp_path, "--eval-shifts", "0.5")  # nothing left to do
-    assert "shifted test evaluations" not in r.stdout
+    assert "missing evaluations" not in r.stdout
     # a changed phase 2 reruns phase 2 and what starts from it, not the pretraining
     changed = tmp_path / "tiny.toml"
     text = re.sub(r"(\[prior_finetune\][^\n]*\n)steps = 4", r"\1steps = 3", GRID.read_text())
