@@ -77,6 +77,10 @@ class ExperimentConfig:
     out_dir: Path = helpfield(Path("runs/experiments"), "where experiments are written")
     pretrainings: tuple[str, ...] = helpfield(("none", "icvf"), "pretraining arms ('none': "
                                                                  "fine-tune from scratch)")
+    pretrain_only: tuple[str, ...] = helpfield((), "pretraining arms (of pretrainings) that "
+                                                   "get pretraining cells and their value "
+                                                   "curves but no fine-tuning (e.g. ablations "
+                                                   "of an objective)")
     agents: tuple[str, ...] = helpfield(("qc",), "fine-tuning agents")
     seeds: tuple[int, ...] = helpfield((0,), "seeds (each pretraining and fine-tuning cell)")
     eval_env: str = helpfield("vptr/Lift-v0", "environment of the test evaluation")
@@ -145,6 +149,9 @@ class ExperimentConfig:
                      "finetune_arms", "prior", "prior_finetune", "value_sets"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name}: expected a TOML table")
+        if not set(self.pretrain_only) <= set(self.pretrainings) - {"none"}:
+            raise ConfigError(f"pretrain_only: {list(self.pretrain_only)} must be pretraining "
+                              f"arms of pretrainings other than 'none'")
         if self.value_episodes < 1 or self.value_untrained_seeds < 0:
             raise ConfigError("value_episodes must be >= 1 and value_untrained_seeds >= 0")
         for name in ("pretrain_arms", "finetune_agents", "finetune_arms",
@@ -307,7 +314,8 @@ def plan(cfg: ExperimentConfig, video: Path | None = Path("@video"),
         for seed in cfg.seeds:
             cells.append(Cell(f"pretrain/{arm}/seed{seed}", "pretrain", arm, seed,
                               config=_merge(values, {"data": str(video), "seed": seed})))
-    for arm in cfg.pretrainings if cfg.phases else ():
+    tuned = [a for a in cfg.pretrainings if a not in cfg.pretrain_only]
+    for arm in tuned if cfg.phases else ():
         for agent in cfg.agents:
             values = finetune_values(cfg, arm, agent, phase2=True)
             for seed in cfg.seeds:  # the prior tasks only: no evaluation on the target here
@@ -315,7 +323,7 @@ def plan(cfg: ExperimentConfig, video: Path | None = Path("@video"),
                 cells.append(Cell(f"prior/{arm}/{agent}/seed{seed}", "prior", arm, seed, agent,
                                   _merge(values, {"data": str(prior), "agent": agent,
                                                   "seed": seed, "eval_env": ""}), needs))
-    for arm in cfg.pretrainings:
+    for arm in tuned:
         for agent in cfg.agents:
             values = finetune_values(cfg, arm, agent)
             if cfg.phases:

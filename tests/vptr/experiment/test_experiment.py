@@ -224,3 +224,36 @@ def test_eval_shifts_are_distinct_levels_in_0_1():
     for bad in ((0.0,), (1.5,), (0.3, 0.3)):
         with pytest.raises(ConfigError, match="eval_shifts"):
             ExperimentConfig(eval_shifts=bad)
+
+
+def test_pretrain_only_arms_get_pretraining_cells_and_nothing_downstream():
+    from vptr.experiment import ExperimentConfig, plan
+
+    cfg = ExperimentConfig(pretrainings=("none", "icvf", "icvf_nointent"), agents=("flowbc",),
+                           seeds=(0, 1), pretrain_only=("icvf_nointent",),
+                           pretrain_arms={"icvf_nointent": {"objective": "icvf",
+                                                            "icvf.use_intent": False}},
+                           prior={"tasks": ["vptr/Reach-v0", "vptr/Push-v0"]})
+    ids = [c.id for c in plan(cfg)]
+    assert "pretrain/icvf_nointent/seed1" in ids and "finetune/icvf/flowbc/seed1" in ids
+    assert not [i for i in ids if "icvf_nointent" in i and not i.startswith("pretrain/")]
+    cell = next(c for c in plan(cfg) if c.id == "pretrain/icvf_nointent/seed0")
+    assert cell.config["objective"] == "icvf" and cell.config["icvf.use_intent"] is False
+    for bad in (("none",), ("tcn",)):
+        with pytest.raises(ConfigError, match="pretrain_only"):
+            ExperimentConfig(pretrainings=("none", "icvf"), pretrain_only=bad)
+
+
+def test_cell_keys_do_not_depend_on_where_the_data_are(tmp_path):
+    from vptr.experiment import ExperimentConfig, plan
+
+    cfg = ExperimentConfig(pretrainings=("none", "icvf"), agents=("flowbc",), seeds=(0,),
+                           video={"episodes_per_task": 2}, robot={"episodes_per_task": 2})
+    here = {c.id: c.key for c in plan(cfg, Path("/a/video"), Path("/a/robot"), None)}
+    there = {c.id: c.key for c in plan(cfg, tmp_path / "v", tmp_path / "r", None)}
+    assert here == there
+    other = ExperimentConfig(pretrainings=("none", "icvf"), agents=("flowbc",), seeds=(0,),
+                             video={"episodes_per_task": 3}, robot={"episodes_per_task": 2})
+    changed = {c.id: c.key for c in plan(other, Path("/a/video"), Path("/a/robot"), None)}
+    assert changed["pretrain/icvf/seed0"] != here["pretrain/icvf/seed0"]  # other video
+    assert changed["finetune/none/flowbc/seed0"] == here["finetune/none/flowbc/seed0"]
