@@ -72,6 +72,10 @@ class ProbeConfig:
     encoder: str = helpfield("", "the encoder: a `vptr pretrain` run, an exported encoder/ "
                                  "folder, 'random' (a random init of --arch) or timm:<model> "
                                  "(pretrained with --weights FILE) (required)")
+    features: Literal["trunk", "phi"] = helpfield(
+        "trunk", "which features of a pretraining run: trunk (its exported encoder) or phi "
+                 "(the objective's state feature φ(s) on top of the trunk: ICVF, TD-JEPA; the "
+                 "random and scratch arms then have the trunk + head architecture too)")
     arch: str = helpfield("impala_small", "architecture of --encoder random")
     weights: str = helpfield("", "local weights file of a timm:<model> encoder (never "
                                  "downloaded)")
@@ -127,6 +131,10 @@ class ProbeConfig:
         if not self.encoder:
             raise ConfigError("encoder: which encoder to probe (--encoder RUN_OR_DIR|random|"
                               "timm:<model>)")
+        if self.features == "phi" and (self.encoder == "random"
+                                       or self.encoder.startswith("timm:")):
+            raise ConfigError("features: phi reads a pretraining run's φ head; give a `vptr "
+                              "pretrain` run as --encoder")
         if self.weights and not self.encoder.startswith("timm:"):
             raise ConfigError("weights: only a timm:<model> encoder takes a weights file")
         if self.image_size and (self.image_size % 2 or not 16 <= self.image_size <= 512):
@@ -218,7 +226,29 @@ def resolve_encoder(cfg: ProbeConfig) -> Encoder:
         label = f"{text} ({Path(cfg.weights).name})" if cfg.weights else f"{text} (random init)"
         return Encoder(label, text, size, weights=cfg.weights, is_random=not cfg.weights,
                        sha256=file_sha256(cfg.weights) if cfg.weights else "")
+    if cfg.features == "phi":
+        return _phi_encoder(cfg, Path(text))
     return _encoder_folder(cfg, Path(text))
+
+
+def _phi_encoder(cfg: ProbeConfig, run: Path) -> Encoder:
+    """A pretraining run's φ(s) (trunk + the objective's head), exported once into the cells
+    folder (keyed by the run's newest weights) and probed like an exported encoder."""
+    import dataclasses
+
+    from vptr import runs
+    from vptr.pretrain.features import export_features
+
+    latest = runs.latest_checkpoint(run) if (run / runs.CHECKPOINTS).is_dir() else None
+    if latest is None:
+        raise DataError(f"{run}: --features phi needs a `vptr pretrain` run with a complete "
+                        "checkpoint (an exported encoder/ folder holds the trunk only)")
+    ident = file_sha256(latest / runs.WEIGHTS)[:12]
+    folder = cells_root(cfg) / "encoders" / f"{run.name}-phi-{ident}"
+    if not (folder / "config.json").exists():
+        export_features(run, folder)
+    enc = _encoder_folder(cfg, folder)
+    return dataclasses.replace(enc, label=f"{run.name} φ ({enc.arch})", run=str(run))
 
 
 def _encoder_folder(cfg: ProbeConfig, path: Path) -> Encoder:

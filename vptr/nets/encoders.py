@@ -20,6 +20,12 @@ Entries:
   and ``in_chans=C`` (nothing is ever downloaded). ``weights=<file>`` loads a *local*
   ``.safetensors`` / ``.pth`` state dict (``torch.load(weights_only=True)``); a 3-channel
   stem is adapted to ``C`` channels with timm's ``adapt_input_conv``.
+* ``<trunk>+head:<w1>-<w2>...[:final][:ln][:sphere][:act=<name>]`` — a trunk followed by an
+  MLP head of those widths (:func:`vptr.nets.mlp.make_mlp`; ``final``: activation after the
+  last layer, ``ln``: LayerNorm after each activation, ``sphere``: rows rescaled to norm
+  √d). This is how a pretraining objective's state feature φ(s) (e.g. ICVF's φ, TD-JEPA's
+  φ head) is exported as an encoder (``vptr.pretrain.export_features``): the name alone
+  rebuilds it, so fine-tuning and exported policies take it like any trunk.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +280,72 @@ class TimmEncoder(ImageEncoder):
         return self.model(x)
 
 
+# ----------------------------------------------------------------------------- heads
+
+HEAD_MARK = "+head:"
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The MLP head of a ``<trunk>+head:...`` encoder name."""
+
+    widths: tuple[int, ...]
+    activate_final: bool = False
+    layer_norm: bool = False
+    sphere: bool = False
+    activation: str = "relu"
+
+    @classmethod
+    def parse(cls, text: str, name: str) -> HeadSpec:
+        widths, *flags = text.split(":")
+        try:
+            dims = tuple(int(w) for w in widths.split("-"))
+        except ValueError:
+            dims = ()
+        if not dims or any(d <= 0 for d in dims):
+            raise ConfigError(f"encoder {name!r}: head widths must be positive integers "
+                              f"joined by '-' (e.g. +head:256-256), got {widths!r}")
+        kw: dict[str, Any] = {}
+        for flag in flags:
+            if flag in ("final", "ln", "sphere"):
+                kw[{"final": "activate_final", "ln": "layer_norm"}.get(flag, flag)] = True
+            elif flag.startswith("act="):
+                kw["activation"] = flag[4:]
+            else:
+                raise ConfigError(f"encoder {name!r}: unknown head flag {flag!r} (final, ln, "
+                                  "sphere, act=<name>)")
+        return cls(dims, **kw)
+
+    def text(self) -> str:
+        flags = [f for f, on in (("final", self.activate_final), ("ln", self.layer_norm),
+                                 ("sphere", self.sphere)) if on]
+        if self.activation != "relu":
+            flags.append(f"act={self.activation}")
+        return ":".join(["-".join(map(str, self.widths)), *flags])
+
+
+def head_encoder_name(trunk: str, spec: HeadSpec) -> str:
+    return f"{trunk}{HEAD_MARK}{spec.text()}"
+
+
+class HeadEncoder(ImageEncoder):
+    """A trunk and an MLP head on its features: ``trunk.*`` and ``head.*`` weights."""
+
+    def __init__(self, trunk: ImageEncoder, spec: HeadSpec) -> None:
+        from vptr.nets.mlp import make_mlp
+
+        super().__init__(trunk.in_channels, trunk.image_size, trunk.channels_last)
+        self.trunk = trunk
+        self.spec = spec
+        self.head = make_mlp(int(trunk.out_dim), spec.widths, activation=spec.activation,
+                             activate_final=spec.activate_final, layer_norm=spec.layer_norm)
+        self.out_dim = spec.widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(self.trunk(x))
+        return math.sqrt(y.shape[-1]) * F.normalize(y, dim=-1) if self.spec.sphere else y
+
+
 # ----------------------------------------------------------------------------- registry
 
 EncoderFactory = Callable[..., ImageEncoder]
@@ -294,6 +367,10 @@ def make_encoder(name: str, in_channels: int, image_size: int | Sequence[int],
     ``kw`` are encoder options (e.g. ``channels_last``, ``stack_sizes``; for timm models
     ``weights``, ``normalize`` and any ``timm.create_model`` keyword).
     """
+    if HEAD_MARK in name:
+        trunk, _, head = name.partition(HEAD_MARK)
+        return HeadEncoder(make_encoder(trunk, in_channels, image_size, **kw),
+                           HeadSpec.parse(head, name))
     if name.startswith(TIMM_PREFIX):
         return TimmEncoder(name[len(TIMM_PREFIX):], in_channels, image_size, **kw)
     if name not in ENCODERS:

@@ -138,3 +138,28 @@ def test_timm_local_weights_are_loaded_and_stem_adapted_to_stacked_frames(tmp_pa
     save_file(narrow, tmp_path / "narrow.safetensors")
     with pytest.raises(DataError, match="do not fit"):  # same keys, wrong shapes
         make_encoder("timm:resnet18", 3, 32, weights=tmp_path / "narrow.safetensors")
+
+
+def test_a_head_encoder_is_rebuilt_from_its_name_alone(tmp_path):
+    from vptr.nets.encoders import HeadEncoder, HeadSpec, head_encoder_name
+    from vptr.nets.weights import export_encoder, load_encoder
+
+    spec = HeadSpec((32, 16), activate_final=True, layer_norm=True, sphere=True)
+    name = head_encoder_name("impala_small", spec)
+    assert name == "impala_small+head:32-16:final:ln:sphere"
+    torch.manual_seed(0)
+    enc = make_encoder(name, 6, 32)
+    assert isinstance(enc, HeadEncoder) and enc.out_dim == 16 and enc.spec == spec
+    x = torch.randint(0, 256, (3, 6, 32, 32), dtype=torch.uint8)
+    y = enc(x)
+    assert y.shape == (3, 16)
+    assert torch.allclose(y.norm(dim=-1), torch.full((3,), 4.0), atol=1e-5)  # sqrt(16) sphere
+    export_encoder(tmp_path / "enc", enc, name, frame_stack=2, image_size=32)
+    back, meta = load_encoder(tmp_path / "enc")
+    assert meta["encoder"] == name and torch.allclose(back(x), y, atol=1e-6)
+    plain = make_encoder("impala_small+head:8", 3, 32)
+    assert not plain.spec.sphere and plain.out_dim == 8
+    for bad, msg in (("impala_small+head:", "widths"), ("impala_small+head:8-x", "widths"),
+                     ("impala_small+head:8:wide", "flag"), ("nope+head:8", "nope")):
+        with pytest.raises(ConfigError, match=msg):
+            make_encoder(bad, 3, 32)

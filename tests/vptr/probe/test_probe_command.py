@@ -110,6 +110,22 @@ def test_tiny_probe_reports_every_probe_with_intervals(dirs, pretrain_run, capsy
     assert shared["imitation"] == [r for r in rows if not r["arm"].startswith("encoder")]
 
 
+def test_phi_of_a_pretraining_run_is_probed_with_baselines_of_its_architecture(dirs,
+                                                                               pretrain_run):
+    out = dirs / "report_phi"
+    assert probe(dirs, "--encoder", str(pretrain_run), "--features", "phi", "--out", str(out),
+                 "--probes", "imitation", "--arms", "frozen", *TINY) == 0
+    report = json.loads((out / "report.json").read_text())
+    arch = report["encoder"]["arch"]
+    assert arch.startswith("impala_small+head:") and "φ" in report["encoder"]["label"]
+    exported = json.loads((Path(report["encoder"]["init"]) / "config.json").read_text())
+    assert exported["features"] == "phi" and exported["encoder"] == arch
+    assert {r["arm"] for r in report["imitation"]} == {"encoder-frozen", "random-frozen"}
+    assert report["cells_run"] == 4  # its own random baseline (trunk + head), not the trunk's
+    # a run without a checkpoint, or an encoder that is not a run, is one clear error
+    assert probe(dirs, "--encoder", "random", "--features", "phi", *TINY) == 2
+
+
 def train_state_encoder(out, steps: int = 300):
     """An Impala trunk trained to regress the probe's targets (tool, gripper, cube
     positions) from frames of generator-seed episodes (not the probe's), exported."""
