@@ -32,7 +32,7 @@ from vptr.diagnostics.machine import describe as machine_line  # noqa: E402
 from vptr.finetune import AGENTS, get_agent  # noqa: E402
 from vptr.finetune.nets import DataSpec  # noqa: E402
 from vptr.nets.encoders import make_encoder  # noqa: E402
-from vptr.train.core import make_target  # noqa: E402
+from vptr.train.core import autocast, make_target  # noqa: E402
 
 CAM = "observation.images.front"
 
@@ -75,9 +75,10 @@ def build(name: str, frozen: bool, size: int, encoder: str, overrides: dict):
     return agent, cfg, spec, nets, target, opt, int(base.out_dim)
 
 
-def time_updates(agent, cfg, nets, target, opt, batch, seconds: float) -> float:
+def time_updates(agent, cfg, nets, target, opt, batch, seconds: float, amp: str = "off") -> float:
     def one():
-        loss, _ = agent.loss_fn(nets, target, batch, cfg)
+        with autocast(amp, torch.device("cpu")):
+            loss, _ = agent.loss_fn(nets, target, batch, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -111,6 +112,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--encoder", default="impala_small")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation throughput")
+    p.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off"],
+                   help="precisions of the update (CPU autocast, what `--amp bf16` trains "
+                        "with); several are timed in one run and compared")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     secs = 0.3 if args.tiny else args.seconds
@@ -120,30 +124,38 @@ def main() -> None:
                  flow_steps=10)
     print(f"machine: {machine_line()}; torch threads {args.threads}; image {size}x{size}, "
           f"trunk {args.encoder}")
-    print(f"\n{'agent':<8} {'encoder':<9} {'settings':<8} {'updates/s':>10} "
+    print(f"\n{'agent':<8} {'encoder':<9} {'settings':<8} {'amp':<5} {'updates/s':>10} "
           f"{'act p50 ms':>11} {'act p99 ms':>11}")
     rows = {}
     cells = [(a, m, "ours") for a in AGENTS for m in ("frozen", "finetune")]
     cells.append(("qc", "frozen", "paper"))
     if args.tiny:
         cells = [("qc", "frozen", "ours"), ("qc", "finetune", "ours"), ("flowbc", "frozen", "ours")]
-    for name, mode, which in cells:
+    cells = [(*c, amp) for c in cells for amp in args.amp]
+    for name, mode, which, amp in cells:
         over = ours if which == "ours" else paper
         agent, cfg, spec, nets, target, opt, emb = build(name, mode == "frozen", size,
                                                           args.encoder, over)
         batch = batch_for(spec, cfg.batch_size, cfg.sample_horizon(), mode == "frozen", emb)
-        ups = time_updates(agent, cfg, nets, target, opt, batch, secs)
+        ups = time_updates(agent, cfg, nets, target, opt, batch, secs, amp)
         p50, p99 = act_latency(agent, cfg, nets, spec, 5 if args.tiny else 50) \
-            if mode == "finetune" else (float("nan"), float("nan"))
-        rows[(name, mode, which)] = ups
-        print(f"{name:<8} {mode:<9} {which:<8} {ups:>10.2f} {p50:>11.2f} {p99:>11.2f}",
+            if mode == "finetune" and amp == "off" else (float("nan"), float("nan"))
+        rows[(name, mode, which, amp)] = ups
+        print(f"{name:<8} {mode:<9} {which:<8} {amp:<5} {ups:>10.2f} {p50:>11.2f} {p99:>11.2f}",
               flush=True)
-    if ("qc", "finetune", "ours") in rows:
-        r = rows[("qc", "frozen", "ours")] / rows[("qc", "finetune", "ours")]
-        print(f"\nQC frozen-cached / fine-tuned encoder: {r:.1f}x updates/s")
-    if ("qc", "frozen", "paper") in rows:
-        r = rows[("qc", "frozen", "ours")] / rows[("qc", "frozen", "paper")]
-        print(f"QC our defaults / paper defaults (frozen): {r:.1f}x updates/s")
+    print()
+    for amp in args.amp:
+        if ("qc", "finetune", "ours", amp) in rows:
+            r = rows[("qc", "frozen", "ours", amp)] / rows[("qc", "finetune", "ours", amp)]
+            print(f"QC frozen-cached / fine-tuned encoder (amp {amp}): {r:.1f}x updates/s")
+        if ("qc", "frozen", "paper", amp) in rows:
+            r = rows[("qc", "frozen", "ours", amp)] / rows[("qc", "frozen", "paper", amp)]
+            print(f"QC our defaults / paper defaults (frozen, amp {amp}): {r:.1f}x updates/s")
+    if "off" in args.amp and "bf16" in args.amp:
+        for (name, mode, which, amp), ups in rows.items():
+            if amp == "bf16":
+                print(f"bf16 / fp32 updates/s, {name} {mode} {which}: "
+                      f"{ups / rows[(name, mode, which, 'off')]:.2f}x")
     if not args.no_eval:
         from sim.evaluate import measure_throughput
 

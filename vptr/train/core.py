@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from vptr import runs
-from vptr.errors import DataError
+from vptr.errors import ConfigError, DataError
 from vptr.files import atomic_write_text
 from vptr.train import checkpoint, distributed
 from vptr.train.distributed import DistInfo
@@ -58,7 +58,7 @@ class Session:
     """The process's place in a (possibly distributed) run, and how it computes."""
 
     dist: DistInfo
-    amp: str = "off"  # off | bf16 | fp16 (CUDA only)
+    amp: str = "off"  # off | bf16 (CUDA, CPU) | fp16 (CUDA)
     compile: bool = False
     _exit: ExitStack = field(default_factory=ExitStack, repr=False)
 
@@ -94,10 +94,10 @@ class Session:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def autocast(self):
-        if self.amp == "off" or self.device.type != "cuda":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        """Mixed precision for a training step: bf16 or fp16 on CUDA; bf16 on CPU too (fast
+        where the CPU has bf16 matrix units, e.g. AMX; emulated and slower elsewhere). fp16
+        on CPU is refused by the run configs and computes in fp32 here."""
+        return autocast(self.amp, self.device)
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         use = self.amp == "fp16" and self.device.type == "cuda"
@@ -114,6 +114,21 @@ class Session:
         return torch.compile(module) if self.compile else module
 
 
+def autocast(amp: str, device: torch.device):
+    """The autocast context of ``amp`` (off | bf16 | fp16) on ``device``."""
+    if amp == "off" or device.type not in ("cuda", "cpu") or (amp == "fp16" and device.type == "cpu"):
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_amp(amp: str, device: str) -> None:
+    """Refuse a precision the device cannot run: fp16 needs CUDA; bf16 runs on CUDA and CPU."""
+    if amp == "fp16" and device.startswith("cpu"):
+        raise ConfigError("amp=fp16 needs a GPU device (got device=cpu); on CPU use amp=bf16 "
+                          "(fast on CPUs with bf16 units, e.g. AMX) or off")
+
+
 @contextmanager
 def session(device: str = "auto", threads: int = 0, deterministic: bool = False,
             amp: str = "off", compile: bool = False) -> Iterator[Session]:
@@ -125,6 +140,8 @@ def session(device: str = "auto", threads: int = 0, deterministic: bool = False,
     if deterministic:
         torch.use_deterministic_algorithms(True)
     s = Session(dist, amp, compile)
+    if amp == "fp16" and s.device.type != "cuda" and s.is_main:
+        print(f"note: amp=fp16 needs CUDA; device {s.device} trains in fp32", file=sys.stderr)
     try:
         with s._exit:
             yield s

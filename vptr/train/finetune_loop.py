@@ -136,7 +136,9 @@ class FinetuneOptions:
     checkpoint_every: int = helpfield(500, "steps between checkpoints")
     num_workers: int = helpfield(0, "data-loader worker processes")
     device: str = helpfield("auto", "auto, cpu, cuda or cuda:N")
-    amp: Literal["off", "bf16", "fp16"] = helpfield("off", "mixed precision on GPU")
+    amp: Literal["off", "bf16", "fp16"] = helpfield(
+        "off", "mixed precision of the training step: bf16 (GPU, or CPU: fast with bf16 units "
+        "such as AMX) or fp16 (GPU)")
     compile: bool = helpfield(False, "torch.compile the loss (GPU)")
     deterministic: bool = helpfield(False, "deterministic algorithms (exact resume on CPU)")
     threads: int = helpfield(0, "torch intra-op threads; 0 = torch's default")
@@ -178,6 +180,7 @@ class FinetuneOptions:
 
                 raise unknown("eval_env", self.eval_env, sim.ENV_IDS)
         distributed.check_device(self.device)
+        core.check_amp(self.amp, self.device)
 
     @property
     def agent_cfg(self) -> Any:

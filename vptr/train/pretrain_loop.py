@@ -75,7 +75,9 @@ class PretrainOptions:
     num_workers: int = helpfield(1, "data-loader worker processes (0 = sample in the "
                                     "training process)")
     device: str = helpfield("auto", "auto, cpu, cuda or cuda:N")
-    amp: Literal["off", "bf16", "fp16"] = helpfield("off", "mixed precision on GPU")
+    amp: Literal["off", "bf16", "fp16"] = helpfield(
+        "off", "mixed precision of the training step: bf16 (GPU, or CPU: fast with bf16 units "
+        "such as AMX) or fp16 (GPU)")
     compile: bool = helpfield(False, "torch.compile the loss (GPU; slow to start on CPU)")
     deterministic: bool = helpfield(False, "deterministic algorithms (exact resume on CPU)")
     threads: int = helpfield(0, "torch intra-op threads; 0 = torch's default")
@@ -102,8 +104,7 @@ class PretrainOptions:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         distributed.check_device(self.device)
-        if self.amp != "off" and not self.device.startswith(("cuda", "auto")):
-            raise ConfigError(f"amp={self.amp} needs a GPU device, got device={self.device}")
+        core.check_amp(self.amp, self.device)
         parse_eval_data(self.eval_data)
 
     @property

@@ -96,6 +96,26 @@ def test_every_agent_updates_with_gradients_everywhere(name):
     assert chunks.shape == (B, cfg.chunk, DA) and chunks.abs().max() <= 1.0
 
 
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_every_agent_updates_under_cpu_bf16_autocast(name):
+    """``--amp bf16`` on CPU: the losses stay finite and every trainable parameter gets a
+    finite fp32 gradient."""
+    agent = get_agent(name)
+    cfg = small_cfg(agent)
+    torch.manual_seed(0)
+    nets = agent.create(cfg, spec(), trunks)
+    part = agent.target_of(nets)
+    target = make_target(part) if part is not None else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, metrics = agent.loss_fn(nets, target, tiny_batch(h=cfg.sample_horizon()), cfg)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(torch.as_tensor(v, dtype=torch.float32))
+                                        for v in metrics.values()), metrics
+    bad = [n for n, p in nets.named_parameters() if p.requires_grad
+           and (p.grad is None or p.grad.dtype != torch.float32 or not torch.isfinite(p.grad).all())]
+    assert not bad, f"{name}: {bad[:5]}"
+
+
 def test_flow_sample_shapes_and_loss_masking():
     torch.manual_seed(0)
     from vptr.finetune.nets import FlowPolicy

@@ -117,3 +117,24 @@ def test_loss_decreases_on_a_fixed_batch(name, make_batch, sample_indices):
     with torch.no_grad():
         v = obj.value_fn(nets, batch["obs"], batch["goal"])
     assert v.shape == (16,) and torch.isfinite(v).all()
+
+
+@pytest.mark.parametrize("name", sorted(n for n, o in OBJECTIVES.items() if o.trains))
+def test_every_objective_steps_under_cpu_bf16_autocast(name, make_batch, sample_indices):
+    """``--amp bf16`` on CPU: finite loss and finite fp32 gradients on every trainable
+    parameter."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randint(0, 256, (40, 3, 24, 24), dtype=torch.uint8, generator=g)
+    batch = make_batch(sample_indices(16, seed=3), frames)
+    obj = get_objective(name)
+    cfg = obj.config_cls(**SMALL[name])
+    nets = obj.create(cfg, make_encoder("impala_small", 3, 24))
+    target = make_target(nets) if obj.target_network else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = obj.loss_fn(nets, target, batch, cfg)
+    loss.backward()
+    assert torch.isfinite(loss)
+    bad = [n for n, p in nets.named_parameters() if p.requires_grad
+           and (p.grad is None or p.grad.dtype != torch.float32 or not torch.isfinite(p.grad).all())]
+    assert not bad, f"{name}: {bad[:5]}"

@@ -91,6 +91,36 @@ def test_step_without_optimizer_trains_nothing(cpu_session):
     assert all(torch.equal(p, b) for p, b in zip(nets.parameters(), before, strict=True))
 
 
+def test_bf16_on_cpu_runs_the_step_in_bf16_and_keeps_fp32_weights():
+    seen = {}
+
+    def loss_fn(nets, target, batch, cfg):
+        y = nets.encoder(batch["x"])
+        seen["dtype"] = y.dtype
+        return y.float().pow(2).mean(), {"t/loss": 0.0}
+
+    for amp, dtype in (("bf16", torch.bfloat16), ("off", torch.float32), ("fp16", torch.float32)):
+        with core.session("cpu", amp=amp) as s:
+            nets = _Pair()
+            before = nets.encoder.weight.detach().clone()
+            step = core.TrainStep(core.LossModule(nets, None, loss_fn, None), s,
+                                  torch.optim.SGD(nets.parameters(), lr=0.1))
+            step({"x": torch.randn(8, 3)})
+        assert seen["dtype"] == dtype, amp
+        assert nets.encoder.weight.dtype == torch.float32
+        assert not torch.equal(nets.encoder.weight, before)
+
+
+def test_fp16_on_an_explicit_cpu_device_is_refused_bf16_is_not():
+    from vptr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        core.check_amp("fp16", "cpu")
+    core.check_amp("bf16", "cpu")
+    core.check_amp("fp16", "cuda")
+    core.check_amp("fp16", "auto")
+
+
 def test_failed_start_removes_only_a_run_directory_it_created(tmp_path, cpu_session):
     run = tmp_path / "new"
     with pytest.raises(RuntimeError), core.run_directory(run, {"a": 1}, cpu_session):

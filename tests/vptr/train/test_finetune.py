@@ -85,6 +85,18 @@ def test_frozen_encoder_trains_on_cached_embeddings_only(robot_dir, tmp_path):
     assert head
 
 
+def test_a_cpu_bf16_run_trains_fp32_weights_with_bf16_arithmetic(robot_dir, tmp_path):
+    train(config(robot_dir, tmp_path / "fp32"))
+    out = train(config(robot_dir, tmp_path / "bf16", amp="bf16", device="cpu"))
+    assert out["step"] == 6
+    a, b = weights(tmp_path / "fp32" / "runs" / "r"), weights(tmp_path / "bf16" / "runs" / "r")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in b.values()
+               if v.is_floating_point())
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the updates did run in bf16
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        config(robot_dir, tmp_path, amp="fp16", device="cpu")
+
+
 def test_frozen_mode_refuses_random_shift(robot_dir, tmp_path):
     with pytest.raises(ConfigError, match="shift_pad"):
         config(robot_dir, tmp_path, **{"encoder.mode": "frozen", "shift_pad": 4})
