@@ -68,14 +68,20 @@ def small_cfg(agent):
     return cls(**kw)
 
 
-@pytest.mark.parametrize("name", list(AGENTS))
-def test_every_agent_updates_with_gradients_everywhere(name):
+def small_agent(name):
+    """(agent, small config, networks, target part or None) for ``name``."""
     agent = get_agent(name)
     cfg = small_cfg(agent)
     torch.manual_seed(0)
     nets = agent.create(cfg, spec(), trunks)
     part = agent.target_of(nets)
     target = make_target(part) if part is not None else None
+    return agent, cfg, nets, target
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_every_agent_updates_with_gradients_everywhere(name):
+    agent, cfg, nets, target = small_agent(name)
     batch = tiny_batch(h=cfg.sample_horizon())
     opt = torch.optim.Adam(nets.parameters(), lr=1e-3)
     before = {k: v.clone() for k, v in nets.state_dict().items()}
@@ -100,12 +106,7 @@ def test_every_agent_updates_with_gradients_everywhere(name):
 def test_every_agent_updates_under_cpu_bf16_autocast(name):
     """``--amp bf16`` on CPU: the losses stay finite and every trainable parameter gets a
     finite fp32 gradient."""
-    agent = get_agent(name)
-    cfg = small_cfg(agent)
-    torch.manual_seed(0)
-    nets = agent.create(cfg, spec(), trunks)
-    part = agent.target_of(nets)
-    target = make_target(part) if part is not None else None
+    agent, cfg, nets, target = small_agent(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, metrics = agent.loss_fn(nets, target, tiny_batch(h=cfg.sample_horizon()), cfg)
     loss.backward()

@@ -90,8 +90,8 @@ def test_release_defaults_are_the_spec_defaults():
     assert get_objective("vip").config_cls().discount == 0.98
 
 
-@pytest.mark.parametrize("name", sorted(n for n, o in OBJECTIVES.items() if o.trains))
-def test_loss_decreases_on_a_fixed_batch(name, make_batch, sample_indices):
+def small_objective(name, make_batch, sample_indices):
+    """(objective, small config, networks, target or None, a batch of 16) for ``name``."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     frames = torch.randint(0, 256, (40, 3, 24, 24), dtype=torch.uint8, generator=g)
@@ -100,6 +100,12 @@ def test_loss_decreases_on_a_fixed_batch(name, make_batch, sample_indices):
     cfg = obj.config_cls(**SMALL[name])
     nets = obj.create(cfg, make_encoder("impala_small", 3, 24))
     target = make_target(nets) if obj.target_network else None
+    return obj, cfg, nets, target, batch
+
+
+@pytest.mark.parametrize("name", sorted(n for n, o in OBJECTIVES.items() if o.trains))
+def test_loss_decreases_on_a_fixed_batch(name, make_batch, sample_indices):
+    obj, cfg, nets, target, batch = small_objective(name, make_batch, sample_indices)
     opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for _ in range(50):
@@ -123,14 +129,7 @@ def test_loss_decreases_on_a_fixed_batch(name, make_batch, sample_indices):
 def test_every_objective_steps_under_cpu_bf16_autocast(name, make_batch, sample_indices):
     """``--amp bf16`` on CPU: finite loss and finite fp32 gradients on every trainable
     parameter."""
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(1)
-    frames = torch.randint(0, 256, (40, 3, 24, 24), dtype=torch.uint8, generator=g)
-    batch = make_batch(sample_indices(16, seed=3), frames)
-    obj = get_objective(name)
-    cfg = obj.config_cls(**SMALL[name])
-    nets = obj.create(cfg, make_encoder("impala_small", 3, 24))
-    target = make_target(nets) if obj.target_network else None
+    obj, cfg, nets, target, batch = small_objective(name, make_batch, sample_indices)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = obj.loss_fn(nets, target, batch, cfg)
     loss.backward()
