@@ -114,6 +114,10 @@ class Session:
         return torch.compile(module) if self.compile else module
 
 
+AMP_HELP = ("mixed precision of the training step: bf16 (GPU, or CPU: fast with bf16 units "
+            "such as AMX) or fp16 (GPU)")
+
+
 def autocast(amp: str, device: torch.device):
     """The autocast context of ``amp`` (off | bf16 | fp16) on ``device``."""
     if amp == "off" or device.type not in ("cuda", "cpu") or (amp == "fp16" and device.type == "cpu"):

@@ -136,9 +136,7 @@ class FinetuneOptions:
     checkpoint_every: int = helpfield(500, "steps between checkpoints")
     num_workers: int = helpfield(0, "data-loader worker processes")
     device: str = helpfield("auto", "auto, cpu, cuda or cuda:N")
-    amp: Literal["off", "bf16", "fp16"] = helpfield(
-        "off", "mixed precision of the training step: bf16 (GPU, or CPU: fast with bf16 units "
-        "such as AMX) or fp16 (GPU)")
+    amp: Literal["off", "bf16", "fp16"] = helpfield("off", core.AMP_HELP)
     compile: bool = helpfield(False, "torch.compile the loss (GPU)")
     deterministic: bool = helpfield(False, "deterministic algorithms (exact resume on CPU)")
     threads: int = helpfield(0, "torch intra-op threads; 0 = torch's default")

@@ -75,9 +75,7 @@ class PretrainOptions:
     num_workers: int = helpfield(1, "data-loader worker processes (0 = sample in the "
                                     "training process)")
     device: str = helpfield("auto", "auto, cpu, cuda or cuda:N")
-    amp: Literal["off", "bf16", "fp16"] = helpfield(
-        "off", "mixed precision of the training step: bf16 (GPU, or CPU: fast with bf16 units "
-        "such as AMX) or fp16 (GPU)")
+    amp: Literal["off", "bf16", "fp16"] = helpfield("off", core.AMP_HELP)
     compile: bool = helpfield(False, "torch.compile the loss (GPU; slow to start on CPU)")
     deterministic: bool = helpfield(False, "deterministic algorithms (exact resume on CPU)")
     threads: int = helpfield(0, "torch intra-op threads; 0 = torch's default")

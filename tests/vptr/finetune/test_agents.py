@@ -21,7 +21,7 @@ from vptr.finetune.nets import (
     sample_candidates,
 )
 from vptr.nets.encoders import make_encoder
-from vptr.train.core import make_target
+from vptr.train.core import autocast, make_target
 
 CAM = "observation.images.front"
 B, H, DA, DS, SIZE = 6, 3, 2, 4, 16
@@ -107,7 +107,7 @@ def test_every_agent_updates_under_cpu_bf16_autocast(name):
     """``--amp bf16`` on CPU: the losses stay finite and every trainable parameter gets a
     finite fp32 gradient."""
     agent, cfg, nets, target = small_agent(name)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast("bf16", torch.device("cpu")):
         loss, metrics = agent.loss_fn(nets, target, tiny_batch(h=cfg.sample_horizon()), cfg)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(torch.as_tensor(v, dtype=torch.float32))

@@ -11,7 +11,7 @@ from vptr.config import build_config
 from vptr.errors import ConfigError, UnknownNameError
 from vptr.nets import make_encoder
 from vptr.pretrain import OBJECTIVES, get_objective
-from vptr.train.core import ema_update, make_target
+from vptr.train.core import autocast, ema_update, make_target
 
 SMALL = {  # small heads so 50 steps take a few seconds on a shared CPU
     "icvf": {"hidden_dims": (32, 32)},
@@ -130,7 +130,7 @@ def test_every_objective_steps_under_cpu_bf16_autocast(name, make_batch, sample_
     """``--amp bf16`` on CPU: finite loss and finite fp32 gradients on every trainable
     parameter."""
     obj, cfg, nets, target, batch = small_objective(name, make_batch, sample_indices)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast("bf16", torch.device("cpu")):
         loss, _ = obj.loss_fn(nets, target, batch, cfg)
     loss.backward()
     assert torch.isfinite(loss)
