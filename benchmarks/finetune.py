@@ -32,7 +32,7 @@ from vptr.diagnostics.machine import describe as machine_line  # noqa: E402
 from vptr.finetune import AGENTS, get_agent  # noqa: E402
 from vptr.finetune.nets import DataSpec  # noqa: E402
 from vptr.nets.encoders import make_encoder  # noqa: E402
-from vptr.train.core import autocast, make_target  # noqa: E402
+from vptr.train.core import adam, autocast, make_target  # noqa: E402
 
 CAM = "observation.images.front"
 
@@ -71,7 +71,7 @@ def build(name: str, frozen: bool, size: int, encoder: str, overrides: dict):
     nets = agent.create(cfg, spec, trunks)
     part = agent.target_of(nets)
     target = make_target(part) if part is not None else None
-    opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad], lr=cfg.lr)
+    opt = adam([p for p in nets.parameters() if p.requires_grad], lr=cfg.lr)
     return agent, cfg, spec, nets, target, opt, int(base.out_dim)
 
 

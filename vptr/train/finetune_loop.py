@@ -369,7 +369,7 @@ def build_training(cfg: FinetuneConfig, agent: Agent, spec: DataSpec, trunks, ds
                 for tb, ob in zip(target.buffers(), part.buffers(), strict=True):
                     tb.copy_(ob)
     s.seed_rank(cfg.seed)
-    opt = torch.optim.Adam(param_groups(cfg, nets), lr=acfg.lr, eps=acfg.adam_eps)
+    opt = core.adam(param_groups(cfg, nets), lr=acfg.lr, eps=acfg.adam_eps)
     targets = ((target, part, float(acfg.target_rate)),) if target is not None else ()
     module = core.LossModule(nets, target, agent.loss_fn, acfg)
     frozen = cfg.encoder.mode == "frozen" and bool(ds.cameras)

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from vptr import runs
@@ -231,8 +230,8 @@ def build_training(cfg: PretrainConfig, objective: Objective, image_size: int,
     s.seed_rank(cfg.seed)
     opt = None
     if objective.trains:
-        opt = torch.optim.Adam([p for p in nets.parameters() if p.requires_grad],
-                               lr=cfg.resolved_lr(), eps=ocfg.adam_eps)
+        opt = core.adam([p for p in nets.parameters() if p.requires_grad],
+                        lr=cfg.resolved_lr(), eps=ocfg.adam_eps)
     targets = ((target, nets, float(ocfg.target_rate)),) if target is not None else ()
     module = core.LossModule(nets, target, objective.loss_fn, ocfg)
     return nets, core.TrainStep(module, s, opt, targets)

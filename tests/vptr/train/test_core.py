@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 
@@ -157,6 +158,33 @@ def test_checkpointer_restores_weights_optimizer_step_and_history(tmp_path, cpu_
         assert torch.equal(a, b)
     assert other_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
     assert core.Checkpointer(tmp_path / "none", cpu_session, {}, {}).restore() == (0, [])
+
+
+def test_adam_is_fused_where_it_can_be_and_takes_the_default_path_elsewhere():
+    torch.manual_seed(0)
+    nets = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    start = [p.detach().clone() for p in nets.parameters()]
+    plain_nets = copy.deepcopy(nets)
+
+    def groups(n):
+        return [{"params": list(n[0].parameters()), "lr": 1e-3}, {"params": list(n[2].parameters())}]
+
+    fused = core.adam(groups(nets), lr=1e-2, eps=1e-6)
+    assert fused.defaults["fused"] and fused.defaults["eps"] == 1e-6
+    assert [g["lr"] for g in fused.param_groups] == [1e-3, 1e-2]
+    plain = torch.optim.Adam(groups(plain_nets), lr=1e-2, eps=1e-6)
+    x = torch.randn(8, 3)
+    for _ in range(3):
+        for n, o in ((nets, fused), (plain_nets, plain)):
+            o.zero_grad()
+            n(x).square().sum().backward()
+            o.step()
+    for a, b, a0 in zip(nets.parameters(), plain_nets.parameters(), start, strict=True):
+        assert not torch.allclose(a, a0)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    plain.load_state_dict(fused.state_dict())  # same state layout: checkpoints interchange
+    meta = nn.Parameter(torch.zeros(2, device="meta"))
+    assert not core.adam([meta], lr=1e-3).defaults["fused"]
 
 
 def test_batch_iterator_close_stops_loader_workers():
