@@ -14,9 +14,11 @@ arbitrary pickle).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run the block without touching the training's random streams (torch, CUDA, numpy,
+    Python): what it draws is taken back after it. Periodic evaluation runs in one, so how
+    often a run evaluates does not change what it learns (``eval_every`` is not part of a
+    run's hash)."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def save(run_dir: Path, step: int, modules: dict[str, torch.nn.Module],

@@ -58,7 +58,7 @@ from vptr.files import atomic_write_text
 from vptr.finetune import AGENTS, Agent, get_agent
 from vptr.finetune.nets import DataSpec
 from vptr.finetune.policy import save_policy, sim_policy
-from vptr.train import core, distributed
+from vptr.train import checkpoint, core, distributed
 
 AgentName = Literal[tuple(AGENTS)]  # type: ignore[valid-type]
 
@@ -249,7 +249,8 @@ def train(cfg: FinetuneConfig, stop_after: int | None = None) -> dict[str, Any]:
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     ckpt.save(step, log.history)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                    evaluate_now(cfg, nets, ds, s, run_dir, step, log)
+                    with checkpoint.rng_preserved():
+                        evaluate_now(cfg, nets, ds, s, run_dir, step, log)
             end = max(start, cfg.steps)
             if end > start:
                 ckpt.save(end, log.history)

@@ -35,7 +35,7 @@ from vptr.errors import ConfigError
 from vptr.files import atomic_write_text
 from vptr.nets.weights import export_encoder
 from vptr.pretrain import OBJECTIVES, Objective, build_model, get_objective
-from vptr.train import core, distributed
+from vptr.train import checkpoint, core, distributed
 
 ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
 
@@ -179,7 +179,8 @@ def train(cfg: PretrainConfig, stop_after: int | None = None) -> dict[str, Any]:
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps \
                         and has_eval(cfg):
                     if s.is_main:
-                        diagnose(cfg, objective, nets, eval_sets, s, run_dir, step, log)
+                        with checkpoint.rng_preserved():
+                            diagnose(cfg, objective, nets, eval_sets, s, run_dir, step, log)
                     s.barrier()
             end = max(start, cfg.steps)
             if end > start:  # a rerun of a finished run has nothing new to save

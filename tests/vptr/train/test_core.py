@@ -200,3 +200,20 @@ def test_batch_iterator_close_stops_loader_workers():
     assert multiprocessing.active_children()
     it.close()
     assert not multiprocessing.active_children()
+
+
+def test_rng_preserved_takes_back_what_the_block_draws():
+    import random
+
+    import numpy as np
+
+    from vptr.train.checkpoint import rng_preserved
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    expected = (torch.rand(4), np.random.rand(4), random.random())
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    with rng_preserved():
+        torch.rand(100), np.random.rand(7), random.random()
+    got = (torch.rand(4), np.random.rand(4), random.random())
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    assert np.array_equal(got[1], expected[1]) and got[2] == expected[2]

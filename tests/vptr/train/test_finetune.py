@@ -67,6 +67,18 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(robot_dir, tmp_path, 
     assert [h[0] for h in history] == [3, 6]
 
 
+def test_periodic_evaluation_does_not_change_what_a_run_learns(robot_dir, tmp_path):
+    """Evaluating every 3 steps leaves the weights at step 6 bit-identical to a run that
+    evaluates only at the end (``eval_every`` is not part of the run's hash)."""
+    ev = {"eval_env": "vptr/Reach-v0", "eval_episodes": 2, "videos": 0}
+    train(config(robot_dir, tmp_path / "a", **ev))
+    train(config(robot_dir, tmp_path / "b", eval_every=3, **ev))
+    assert (tmp_path / "b" / "runs" / "r" / "eval" / "step_0000003.json").exists()
+    a, b = weights(tmp_path / "a" / "runs" / "r"), weights(tmp_path / "b" / "runs" / "r")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 def test_frozen_encoder_trains_on_cached_embeddings_only(robot_dir, tmp_path):
     cfg = config(robot_dir, tmp_path, **{"encoder.mode": "frozen", "shift_pad": 0})
     train(cfg)

@@ -124,6 +124,27 @@ def test_in_process_short_run_and_diagnostics(square_videos, tmp_path):
     assert again["step"] == 4
 
 
+def test_value_diagnostics_during_training_do_not_change_the_weights(square_videos, tmp_path):
+    """``eval_every`` is not part of a run's hash: diagnosing at step 2 must leave the
+    weights at step 4 bit-identical to a run that diagnoses only at the end (the loop runs
+    the diagnosis inside ``checkpoint.rng_preserved``; today's diagnostics draw nothing at
+    random, so this guards against one that would)."""
+    weights = {}
+    for name, every in (("a", 0), ("b", 2)):
+        cfg = build_config(PretrainConfig, {
+            "data": str(square_videos), "eval_data": (f"sq={square_videos}",),
+            "encoder": "impala_small", "steps": 4, "batch_size": 4, "num_workers": 0,
+            "out_dir": str(tmp_path / name), "progress": False, "eval_every": every,
+            "deterministic": True, "source.image_size": 16,
+            "source.cache_dir": str(tmp_path / "c"), "eval_episodes": 3})
+        run = Path(train(cfg)["run_dir"])
+        weights[name] = load_file(str(run / "encoder" / "model.safetensors"))
+    assert list((tmp_path / "b").rglob("sq_step0000002.png"))  # it did diagnose at step 2
+    assert not list((tmp_path / "a").rglob("sq_step0000002.png"))
+    for k, v in weights["a"].items():
+        torch.testing.assert_close(v, weights["b"][k], rtol=0, atol=0, msg=k)
+
+
 def test_tcn_run_samples_with_its_positive_window(square_videos, tmp_path, monkeypatch):
     """`--objective tcn` trains end to end, and its sampler draws near frames in the
     objective's window (tcn.positive_window), not the sampler's default."""
