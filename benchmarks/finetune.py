@@ -111,6 +111,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="timing window per cell")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--encoder", default="impala_small")
+    p.add_argument("--agents", nargs="+", choices=sorted(AGENTS), default=sorted(AGENTS),
+                   help="agents to time (default: all)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation throughput")
     p.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off"],
                    help="precisions of the update (CPU autocast, what `--amp bf16` trains "
@@ -127,8 +129,9 @@ def main() -> None:
     print(f"\n{'agent':<8} {'encoder':<9} {'settings':<8} {'amp':<5} {'updates/s':>10} "
           f"{'act p50 ms':>11} {'act p99 ms':>11}")
     rows = {}
-    cells = [(a, m, "ours") for a in AGENTS for m in ("frozen", "finetune")]
-    cells.append(("qc", "frozen", "paper"))
+    cells = [(a, m, "ours") for a in AGENTS if a in args.agents for m in ("frozen", "finetune")]
+    if "qc" in args.agents:
+        cells.append(("qc", "frozen", "paper"))
     if args.tiny:
         cells = [("qc", "frozen", "ours"), ("qc", "finetune", "ours"), ("flowbc", "frozen", "ours")]
     cells = [(*c, amp) for c in cells for amp in args.amp]
