@@ -652,7 +652,7 @@ def run_cells(cfg: ExperimentConfig, cells: list[Cell], log: Callable[[str], Non
                 result = add_value_curves(cfg, result, folder, sets)
             record = {"id": cell.id, "status": "done", "key": cell.key, "kind": cell.kind,
                       "arm": cell.arm, "agent": cell.agent, "seed": cell.seed,
-                      "wall_s": round(time.time() - t, 1), "config": cell.config,
+                      "wall_s": round(time.time() - t, 3), "config": cell.config,
                       "result": result}
             atomic_write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
             write_result(cfg, cell, record)
