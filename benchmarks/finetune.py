@@ -32,7 +32,7 @@ from vptr.diagnostics.machine import describe as machine_line  # noqa: E402
 from vptr.finetune import AGENTS, get_agent  # noqa: E402
 from vptr.finetune.nets import DataSpec  # noqa: E402
 from vptr.nets.encoders import make_encoder  # noqa: E402
-from vptr.train.core import adam, autocast, make_target  # noqa: E402
+from vptr.train.core import LossModule, adam, autocast, make_target  # noqa: E402
 
 CAM = "observation.images.front"
 
@@ -75,10 +75,16 @@ def build(name: str, frozen: bool, size: int, encoder: str, overrides: dict):
     return agent, cfg, spec, nets, target, opt, int(base.out_dim)
 
 
-def time_updates(agent, cfg, nets, target, opt, batch, seconds: float, amp: str = "off") -> float:
+def time_updates(agent, cfg, nets, target, opt, batch, seconds: float, amp: str = "off",
+                 compiled: bool = False) -> float:
+    """Updates/s over ``seconds`` after one warm-up update (which includes compiling)."""
+    loss_fn = LossModule(nets, target, agent.loss_fn, cfg)  # what TrainStep runs
+    if compiled:
+        loss_fn = torch.compile(loss_fn)
+
     def one():
         with autocast(amp, torch.device("cpu")):
-            loss, _ = agent.loss_fn(nets, target, batch, cfg)
+            loss, _ = loss_fn(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -117,6 +123,9 @@ def main() -> None:
     p.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off"],
                    help="precisions of the update (CPU autocast, what `--amp bf16` trains "
                         "with); several are timed in one run and compared")
+    p.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"],
+                   help="torch.compile the update's loss (what `--compile` trains with; the "
+                        "warm-up update, not timed, compiles); both are timed in one run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     secs = 0.3 if args.tiny else args.seconds
@@ -126,7 +135,7 @@ def main() -> None:
                  flow_steps=10)
     print(f"machine: {machine_line()}; torch threads {args.threads}; image {size}x{size}, "
           f"trunk {args.encoder}")
-    print(f"\n{'agent':<8} {'encoder':<9} {'settings':<8} {'amp':<5} {'updates/s':>10} "
+    print(f"\n{'agent':<8} {'encoder':<9} {'settings':<8} {'amp':<5} {'compile':<8} {'updates/s':>10} "
           f"{'act p50 ms':>11} {'act p99 ms':>11}")
     rows = {}
     cells = [(a, m, "ours") for a in AGENTS if a in args.agents for m in ("frozen", "finetune")]
@@ -134,31 +143,35 @@ def main() -> None:
         cells.append(("qc", "frozen", "paper"))
     if args.tiny:
         cells = [("qc", "frozen", "ours"), ("qc", "finetune", "ours"), ("flowbc", "frozen", "ours")]
-    cells = [(*c, amp) for c in cells for amp in args.amp]
-    for name, mode, which, amp in cells:
+    cells = [(*c, amp, comp) for c in cells for amp in args.amp for comp in args.compile]
+    for name, mode, which, amp, comp in cells:
         over = ours if which == "ours" else paper
         agent, cfg, spec, nets, target, opt, emb = build(name, mode == "frozen", size,
                                                           args.encoder, over)
         batch = batch_for(spec, cfg.batch_size, cfg.sample_horizon(), mode == "frozen", emb)
-        ups = time_updates(agent, cfg, nets, target, opt, batch, secs, amp)
+        ups = time_updates(agent, cfg, nets, target, opt, batch, secs, amp, comp == "on")
         p50, p99 = act_latency(agent, cfg, nets, spec, 5 if args.tiny else 50) \
-            if mode == "finetune" and amp == "off" else (float("nan"), float("nan"))
-        rows[(name, mode, which, amp)] = ups
-        print(f"{name:<8} {mode:<9} {which:<8} {amp:<5} {ups:>10.2f} {p50:>11.2f} {p99:>11.2f}",
-              flush=True)
+            if mode == "finetune" and amp == "off" and comp == "off" else (float("nan"),) * 2
+        rows[(name, mode, which, amp, comp)] = ups
+        print(f"{name:<8} {mode:<9} {which:<8} {amp:<5} {comp:<8} {ups:>10.2f} {p50:>11.2f} "
+              f"{p99:>11.2f}", flush=True)
     print()
     for amp in args.amp:
-        if ("qc", "finetune", "ours", amp) in rows:
-            r = rows[("qc", "frozen", "ours", amp)] / rows[("qc", "finetune", "ours", amp)]
-            print(f"QC frozen-cached / fine-tuned encoder (amp {amp}): {r:.1f}x updates/s")
-        if ("qc", "frozen", "paper", amp) in rows:
-            r = rows[("qc", "frozen", "ours", amp)] / rows[("qc", "frozen", "paper", amp)]
-            print(f"QC our defaults / paper defaults (frozen, amp {amp}): {r:.1f}x updates/s")
-    if "off" in args.amp and "bf16" in args.amp:
-        for (name, mode, which, amp), ups in rows.items():
-            if amp == "bf16":
-                print(f"bf16 / fp32 updates/s, {name} {mode} {which}: "
-                      f"{ups / rows[(name, mode, which, 'off')]:.2f}x")
+        for comp in args.compile:
+            how = f"amp {amp}, compile {comp}"
+            if ("qc", "finetune", "ours", amp, comp) in rows:
+                r = rows[("qc", "frozen", "ours", amp, comp)] / rows[("qc", "finetune", "ours", amp, comp)]
+                print(f"QC frozen-cached / fine-tuned encoder ({how}): {r:.1f}x updates/s")
+            if ("qc", "frozen", "paper", amp, comp) in rows:
+                r = rows[("qc", "frozen", "ours", amp, comp)] / rows[("qc", "frozen", "paper", amp, comp)]
+                print(f"QC our defaults / paper defaults (frozen, {how}): {r:.1f}x updates/s")
+    for (name, mode, which, amp, comp), ups in rows.items():
+        if amp == "bf16" and (name, mode, which, "off", comp) in rows:
+            print(f"bf16 / fp32 updates/s, {name} {mode} {which} (compile {comp}): "
+                  f"{ups / rows[(name, mode, which, 'off', comp)]:.2f}x")
+        if comp == "on" and (name, mode, which, amp, "off") in rows:
+            print(f"compiled / eager updates/s, {name} {mode} {which} (amp {amp}): "
+                  f"{ups / rows[(name, mode, which, amp, 'off')]:.2f}x")
     if not args.no_eval:
         from sim.evaluate import measure_throughput
 
