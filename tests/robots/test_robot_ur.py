@@ -37,11 +37,13 @@ def test_servoj_streams_the_latest_target_interpolated_at_the_servo_rate():
     sent = arm.send_action({f"{j}.pos": v for j, v in zip(("base", "shoulder", "elbow", "wrist_1",
                                                            "wrist_2", "wrist_3"), target)})
     assert sent["base.pos"] == pytest.approx(0.05)
-    t0 = time.perf_counter()
+    n0, t0 = len(fake.servo), time.perf_counter()
     time.sleep(0.3)
-    n = len(fake.servo)
-    assert n >= 30, n  # ~150 expected at 500 Hz; loose for loaded machines
-    assert n / (time.perf_counter() - t0) <= 520  # paced by initPeriod/waitPeriod, not a busy loop
+    n, t1 = len(fake.servo), time.perf_counter()
+    assert n - n0 >= 30, n - n0  # ~150 expected at 500 Hz; loose for loaded machines
+    # paced by initPeriod/waitPeriod, not a busy loop; the rate is read over the window only
+    # (calls made before t0 counted against it once read 556 Hz on a fast CI machine)
+    assert (n - n0 - 1) / (t1 - t0) <= 520
     kinds, qs = {c[0] for c in fake.servo}, np.array([c[1] for c in fake.servo])
     assert kinds == {"servoJ"}
     base = qs[:, 0]
