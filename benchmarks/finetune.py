@@ -117,6 +117,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="timing window per cell")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--encoder", default="impala_small")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="camera image size of the synthetic batches (--tiny: 32)")
     p.add_argument("--agents", nargs="+", choices=sorted(AGENTS), default=sorted(AGENTS),
                    help="agents to time (default: all)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation throughput")
@@ -129,7 +131,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     secs = 0.3 if args.tiny else args.seconds
-    size = 32 if args.tiny else 64
+    size = 32 if args.tiny else args.image_size
     ours = dict(batch_size=16 if args.tiny else 128)
     paper = dict(batch_size=256, hidden=(512,) * 4, target_samples=32, act_samples=32,
                  flow_steps=10)
