@@ -123,6 +123,10 @@ class SamplerConfig:
     shift_pad: int = helpfield(0, "random-shift augmentation applied by the data loader "
                                   "(pad, then random crop; DrQ); 0: off (the trainer may call "
                                   "vptr.data.augment.random_shift itself)")
+    color_jitter: float = helpfield(0.0, "colour-jitter strength s applied by the data "
+                                         "loader: brightness, contrast and saturation of "
+                                         "each image scaled by U(1-s, 1+s) (stacked frames "
+                                         "share one draw); 0: off")
 
     def __post_init__(self) -> None:
         probs = {"p_currgoal": self.p_currgoal, "p_trajgoal": self.p_trajgoal,
@@ -146,6 +150,8 @@ class SamplerConfig:
             raise ConfigError(f"future_gamma must be in [0, 1), got {self.future_gamma}")
         if self.shift_pad < 0:
             raise ConfigError(f"shift_pad must be >= 0, got {self.shift_pad}")
+        if not (0.0 <= self.color_jitter < 1.0):
+            raise ConfigError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
 
     @property
     def goal_probs(self) -> tuple[float, float, float]:

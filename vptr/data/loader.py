@@ -10,7 +10,8 @@ DDP process its own stream.
 Batches follow the batch contract of :mod:`vptr.data.batch`.
 
 With ``SamplerConfig.shift_pad > 0`` every image gets its own random shift (a stacked
-frame shifts as a whole; keys and samples independently), as DrQ / the ICVF release do. The
+frame shifts as a whole; keys and samples independently), as DrQ / the ICVF release do;
+``color_jitter > 0`` then jitters each image's colours likewise (one draw per stack). The
 image tensors of a batch are views of one buffer, as are its integers and its flags (three
 transfers from a worker, not one per key).
 """
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vptr.data.augment import shift_numpy
+from vptr.data.augment import color_jitter_numpy, jitter_factors, shift_numpy
 from vptr.data.batch import FLAG_KEYS, IMAGE_KEYS, INT_KEYS
 from vptr.data.cache import FrameStore
 from vptr.data.config import SamplerConfig
@@ -71,6 +72,8 @@ class PretrainSampler:
         if self.cfg.shift_pad:
             pad = self.cfg.shift_pad
             images = shift_numpy(images, rng.integers(0, 2 * pad + 1, size=(k * b, 2)), pad)
+        if self.cfg.color_jitter:
+            images = color_jitter_numpy(images, jitter_factors(rng, k * b, self.cfg.color_jitter))
         images = torch.from_numpy(images).view(k, b, s * 3, h, w)
         batch = {key: images[i] for i, key in enumerate(IMAGE_KEYS)}
         # Integers and flags likewise share one buffer each: a worker hands every storage

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from vptr_data_synth import write_video
 
-from vptr.data.augment import random_shift, shift_gather, shift_numpy
+from vptr.data.augment import color_jitter_numpy, jitter_factors, random_shift, shift_gather, shift_numpy
 from vptr.data.batch import FLAG_KEYS, IMAGE_KEYS, INDEX_KEYS, INT_KEYS, stack_frames
 from vptr.data.cache import open_video_source
 from vptr.data.config import SamplerConfig, VideoSourceConfig
 from vptr.data.loader import PretrainSampler, make_loader
-from vptr.errors import DataError
+from vptr.data.sampling import sample_index_batch
+from vptr.errors import ConfigError, DataError
 
 B = 32
 
@@ -165,3 +166,48 @@ def test_sampler_rejects_bad_arguments(store):
         make_loader(store, None, batch_size=0)
     with pytest.raises(DataError, match="no trajectories"):
         PretrainSampler(store.subset([]))
+
+
+def test_color_jitter_by_hand_and_identity():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2, 6, 5, 4), dtype=np.uint8)  # 2 samples, 2 stacked frames
+    ones = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(color_jitter_numpy(x, ones), x)
+    # the frames of a stack share one draw: two equal frames stay equal
+    same = np.concatenate([x[:, :3], x[:, :3]], axis=1)
+    out = color_jitter_numpy(same, jitter_factors(rng, 2, 0.5))
+    assert np.array_equal(out[:, :3], out[:, 3:]) and not np.array_equal(out, same)
+    # brightness alone: x * b, clipped and rounded
+    f = np.array([[1.5, 1, 1], [0.5, 1, 1]], np.float32)
+    want = np.clip(np.rint(x.astype(np.float32) * f[:, :1, None, None]), 0, 255).astype(np.uint8)
+    np.testing.assert_allclose(color_jitter_numpy(x, f).astype(int), want.astype(int), atol=1)
+    # contrast 0 maps each frame to its mean gray; saturation 0 makes every pixel gray
+    flat = color_jitter_numpy(x, np.array([[1, 0, 1], [1, 0, 1]], np.float32))
+    assert all(np.ptp(flat[i, 3 * s:3 * s + 3]) <= 1 for i in range(2) for s in range(2))
+    gray = color_jitter_numpy(x, np.array([[1, 1, 0], [1, 1, 0]], np.float32)).reshape(2, 2, 3, 5, 4)
+    assert np.abs(gray.astype(int) - gray[:, :, :1].astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="strength"):
+        jitter_factors(rng, 2, 1.0)
+    with pytest.raises(ValueError, match="factors"):
+        color_jitter_numpy(x, np.ones((3, 3)))
+
+
+def test_sampler_color_jitter_changes_appearance_not_indices_and_shares_a_stack(store):
+    plain = PretrainSampler(store, SamplerConfig(frame_stack=2), seed=5).sample(B, step=3)
+    cfg = SamplerConfig(frame_stack=2, color_jitter=0.4)
+    a = PretrainSampler(store, cfg, seed=5).sample(B, step=3)
+    b = PretrainSampler(store, cfg, seed=5).sample(B, step=3)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # reproducible by step
+    assert torch.equal(a["obs_index"], plain["obs_index"])  # the same frames ...
+    assert not torch.equal(a["obs"], plain["obs"])  # ... in other colours
+    assert a["obs"].dtype == torch.uint8
+    # exactly the plain batch under factors drawn after the indices, one row per image
+    sampler = PretrainSampler(store, cfg, seed=5)
+    rng = sampler.rng(3)
+    sample_index_batch(rng, store.offsets, store.lengths, cfg, B, sampler.near_window)
+    f = jitter_factors(rng, len(IMAGE_KEYS) * B, 0.4)
+    for n, key in enumerate(IMAGE_KEYS):
+        want = color_jitter_numpy(plain[key].numpy(), f[n * B:(n + 1) * B])
+        assert np.array_equal(a[key].numpy(), want), key
+    with pytest.raises(ConfigError, match="color_jitter"):
+        SamplerConfig(color_jitter=1.5)
