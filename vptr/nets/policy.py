@@ -143,6 +143,11 @@ class FlowPolicy(nn.Module):
 
     ``x`` is the flattened chunk ``b (h a)``; sampling integrates ``dx/du = v`` from
     ``x_0 ~ N(0, I)`` at u = 0 to u = 1 with Euler steps.
+
+    A departure from the QC / FQL reference: the MLP has a LayerNorm after every hidden
+    activation (the reference actors have none, ``actor_layer_norm=False``; the critics
+    have them). Every policy measured in benchmarks/RESULTS.md was trained with it, and
+    artifacts do not record it, so it stays; ``layer_norm=False`` builds the reference's.
     """
 
     def __init__(self, obs_dim: int, horizon: int, action_dim: int, hidden: Sequence[int],
