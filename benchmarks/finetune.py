@@ -129,6 +129,8 @@ def main() -> None:
                    help="torch.compile the update's loss (what `--compile` trains with; the "
                         "warm-up update, not timed, compiles); both are timed in one run")
     args = p.parse_args()
+    if args.image_size < 16:
+        p.error(f"--image-size must be >= 16, got {args.image_size}")
     torch.set_num_threads(args.threads)
     secs = 0.3 if args.tiny else args.seconds
     size = 32 if args.tiny else args.image_size
