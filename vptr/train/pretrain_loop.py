@@ -118,8 +118,10 @@ class PretrainOptions:
 
     def run_dir(self) -> Path:
         others = tuple(o for o in OBJECTIVES if o != self.objective)
+        unset = tuple(k for k, off in _HASHED_WHEN_SET.items()
+                      if getattr(self.sampler, k.split(".")[1]) == off)
         name = self.run_name or (f"{self.objective}-{self.encoder.replace(':', '_')}-"
-                                 f"{config_hash(self, exclude=_NOT_IN_HASH + others)}")
+                                 f"{config_hash(self, exclude=_NOT_IN_HASH + others + unset)}")
         return Path(self.out_dir) / name
 
 
@@ -139,6 +141,11 @@ _NOT_IN_HASH = ("out_dir", "run_name", "log_every", "checkpoint_every", "eval_ev
                 "eval_episodes", "eval_data", "num_workers", "progress", "threads", "steps",
                 "device", "compile", "source.progress", "source.decode_workers",
                 "source.decode_pool", "source.cache_dir", "source.rebuild_cache")
+
+
+# options added after runs existed, with their "off" value: hashed only when set, so a run
+# started before the option existed keeps its directory and resumes
+_HASHED_WHEN_SET = {"sampler.color_jitter": 0.0}
 
 
 # ----------------------------------------------------------------------------- loop

@@ -274,3 +274,18 @@ def test_python_dash_m_vptr_is_the_command():
     r = subprocess.run([sys.executable, "-m", "vptr", "--help"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "pretrain" in r.stdout and "evaluate-values" in r.stdout
+
+
+def test_run_dir_keeps_its_name_when_a_later_option_is_off():
+    """Options added after runs existed (colour jitter) hash only when set: a run started
+    before them resumes in its directory; setting one starts another run."""
+    from vptr.config import build_config, config_hash
+    from vptr.train.pretrain_loop import _NOT_IN_HASH, OBJECTIVES, PretrainConfig
+
+    cfg = build_config(PretrainConfig, {"data": "videos", "out_dir": "runs"})
+    others = tuple(o for o in OBJECTIVES if o != cfg.objective)
+    before = config_hash(cfg, exclude=_NOT_IN_HASH + others + ("sampler.color_jitter",))
+    assert cfg.run_dir().name.endswith(before)
+    jitter = build_config(PretrainConfig, {"data": "videos", "out_dir": "runs",
+                                           "sampler": {"color_jitter": 0.3}})
+    assert jitter.run_dir() != cfg.run_dir()
