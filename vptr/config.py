@@ -257,15 +257,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
-def config_hash(cfg: Any, length: int = 10, exclude: tuple[str, ...] = ()) -> str:
-    """Stable short hash of a config or dict (keys sorted), used to key cached outputs."""
+def config_hash(cfg: Any, length: int = 10, exclude: tuple[str, ...] = (),
+                omit_when: dict[str, Any] | None = None) -> str:
+    """Stable short hash of a config or dict (keys sorted), used to key cached outputs.
+
+    ``exclude``: dotted keys left out. ``omit_when``: dotted key -> value; the key is left
+    out while it has that value (an option added after outputs were keyed by it, at its
+    "off" value, keeps their keys)."""
     d = dict(to_dict(cfg))
-    for key in exclude:  # dotted keys reach into nested configs
+    drops = [(k, None) for k in exclude] + [(k, (off,)) for k, off in (omit_when or {}).items()]
+    for key, only in drops:  # dotted keys reach into nested configs
         *parents, leaf = key.split(".")
         node = d
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        if isinstance(node, dict) and leaf in node and (only is None or node[leaf] == only[0]):
+            node.pop(leaf)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -118,10 +118,8 @@ class PretrainOptions:
 
     def run_dir(self) -> Path:
         others = tuple(o for o in OBJECTIVES if o != self.objective)
-        unset = tuple(k for k, off in _HASHED_WHEN_SET.items()
-                      if getattr(self.sampler, k.split(".")[1]) == off)
-        name = self.run_name or (f"{self.objective}-{self.encoder.replace(':', '_')}-"
-                                 f"{config_hash(self, exclude=_NOT_IN_HASH + others + unset)}")
+        digest = config_hash(self, exclude=_NOT_IN_HASH + others, omit_when=_HASHED_WHEN_SET)
+        name = self.run_name or f"{self.objective}-{self.encoder.replace(':', '_')}-{digest}"
         return Path(self.out_dir) / name
 
 
