@@ -97,6 +97,31 @@ def test_frozen_encoder_trains_on_cached_embeddings_only(robot_dir, tmp_path):
     assert head
 
 
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_a_frozen_trunk_sees_each_dataset_frame_once_and_no_update(robot_dir, tmp_path,
+                                                                 monkeypatch, mode):
+    """What makes a frozen run cheap: the trunk embeds every dataset row once before
+    training and never runs in an update; a trained trunk runs on every batch."""
+    import vptr.nets.encoders as encoders
+
+    rows, make = [], encoders.make_encoder
+
+    def counted(*args, **kwargs):
+        trunk = make(*args, **kwargs)
+        trunk.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+        return trunk
+
+    monkeypatch.setattr(encoders, "make_encoder", counted)
+    shift = 0 if mode == "frozen" else 2
+    out = train(config(robot_dir, tmp_path, **{"encoder.mode": mode, "shift_pad": shift}))
+    assert out["step"] == 6
+    meta = json.loads((robot_dir / "meta" / "info.json").read_text())
+    if mode == "frozen":
+        assert sum(rows) == meta["total_frames"]  # each row once, in batches of <= 256
+    else:  # QC's shared trunk: obs and next_obs of a batch of 8 in each of the 6 updates
+        assert len(rows) >= 12 and sum(rows) >= 6 * 2 * 8
+
+
 def test_a_cpu_bf16_run_trains_fp32_weights_with_bf16_arithmetic(robot_dir, tmp_path):
     train(config(robot_dir, tmp_path / "fp32"))
     out = train(config(robot_dir, tmp_path / "bf16", amp="bf16", device="cpu"))
