@@ -73,7 +73,14 @@ def test_tiny_probe_reports_every_probe_with_intervals(dirs, pretrain_run, capsy
             assert 0.0 <= lo <= p["success_rate"] <= hi <= 1.0
         assert r["pooled"]["episodes"] == 6
         if r["arm"].startswith("encoder"):
-            assert r["vs_baseline"]["pairs"] == 6
+            vs = r["vs_baseline"]
+            assert vs["pairs"] == 6
+            base = next(b for b in rows if (b["arm"], b["shift"]) == (vs["baseline"], r["shift"]))
+            # paired on the same episodes: the difference of the two pooled rates
+            assert vs["difference"] == pytest.approx(r["pooled"]["success_rate"]
+                                                     - base["pooled"]["success_rate"])
+            lo, hi = vs["ci95"]
+            assert -1.0 <= lo <= vs["difference"] <= hi <= 1.0 and hi - lo > 0.0
 
     frames = report["frames"]["vptr/Lift-v0"]
     assert set(frames["encoders"]) == {"encoder", "random init", "scratch-trained (K=2)",
