@@ -104,7 +104,8 @@ class ExperimentConfig:
     finetune_arms: dict = field(default_factory=dict, metadata={
         "help": "TOML tables: per-pretraining-arm FinetuneConfig values, over [finetune] and "
                 "[finetune_agents] (e.g. [finetune_arms.none] for the scratch arm); 'none' "
-                "trains its trunk (encoder.mode = finetune) unless its table says otherwise"})
+                "trains its trunk (encoder.mode = finetune), of the pretrained arms' "
+                "architecture, unless its table says otherwise"})
     prior: dict = field(default_factory=dict, metadata={
         "help": "TOML table: RobotDataConfig values of the prior data of other tasks (over "
                 "[robot]'s); empty = no V-PTR phases 2-3"})
@@ -272,17 +273,41 @@ def finetune_values(cfg: ExperimentConfig, arm: str, agent: str,
     ``encoder.mode`` the pretrained arms use (a frozen or 0.1x-lr random trunk would be a
     handicapped baseline, not scratch), unless its own table sets the mode."""
     from vptr.config import flatten
+    from vptr.train.finetune_loop import EncoderOptions
 
     layers = [cfg.finetune, cfg.finetune_agents.get(agent, {})]
     if phase2:
         layers.append(cfg.prior_finetune)
     if arm == "none":
         layers.append({"encoder.mode": "finetune"})
+        trunk = pretrained_trunk(cfg)
+        if trunk and trunk != EncoderOptions.name:  # scratch trains the architecture the
+            layers.append({"encoder.name": trunk})  # pretrained arms start from
     layers.append(cfg.finetune_arms.get(arm, {}))
     values: dict[str, Any] = {}
     for layer in layers:  # dotted keys, so that a table and a dotted key name the same value
         values.update(flatten(copy.deepcopy(layer)))
     return with_base_file(values)
+
+
+def pretrained_trunk(cfg: ExperimentConfig) -> str:
+    """The trunk architecture every fine-tuned pretraining arm shares ('' when the grid has
+    none). The scratch arm trains the same architecture: a scratch baseline on another trunk
+    would compare architectures, not pretraining. Arms on different trunks are rejected
+    unless [finetune_arms.none] names the scratch trunk itself."""
+    from vptr.train.pretrain_loop import PretrainOptions
+
+    names = {}
+    for arm in cfg.pretrainings:
+        if arm == "none" or arm in cfg.pretrain_only:
+            continue
+        values = with_base_file(_merge(cfg.pretrain, cfg.pretrain_arms.get(arm, {})))
+        names[arm] = str(values.get("encoder", PretrainOptions.encoder))
+    if len(set(names.values())) > 1 and "none" in cfg.pretrainings and \
+            "encoder.name" not in cfg.finetune_arms.get("none", {}):
+        raise ConfigError(f"pretraining arms use different trunks ({names}): name the scratch "
+                          f"arm's in [finetune_arms.none] \"encoder.name\"")
+    return next(iter(names.values()), "")
 
 
 def data_tokens(cfg: ExperimentConfig, video: Path | None, robot: Path | None,

@@ -217,6 +217,32 @@ def test_scratch_trains_its_trunk_whatever_mode_the_pretrained_arms_use():
         modes(finetune_arms={"tcn": {"shift_pad": 2}})
 
 
+def test_scratch_trains_the_trunk_architecture_the_pretrained_arms_start_from():
+    from vptr.experiment import ExperimentConfig, plan
+
+    def trunks(**over):
+        tables = dict(pretrainings=("none", "icvf", "vip"), agents=("flowbc",), seeds=(0,),
+                      pretrain={"encoder": "impala"}, prior={"tasks": ["vptr/Reach-v0",
+                                                                       "vptr/Push-v0"]})
+        cfg = ExperimentConfig(**{**tables, **over})
+        return {c.id: c.config.get("encoder.name", "<default impala_small>")
+                for c in plan(cfg, Path("video"), Path("robot")) if "/none/" in c.id}
+
+    got = trunks()  # the full-scale grid: release Impala pretrained -> scratch on it too
+    assert set(got) == {"prior/none/flowbc/seed0", "finetune/none/flowbc/seed0"}
+    assert set(got.values()) == {"impala"}
+    # the reduced grid's trunk is the fine-tuning default: the scratch cells' keys stay as
+    # they were (recorded results are not invalidated)
+    assert set(trunks(pretrain={"config": "configs/pretrain/icvf_reduced.toml"}).values()) == {
+        "<default impala_small>"}
+    # arms on different trunks: the scratch trunk must be named, else refused before any work
+    split = dict(pretrain_arms={"vip": {"encoder": "impala_small"}})
+    with pytest.raises(ConfigError, match="encoder.name"):
+        trunks(**split)
+    named = trunks(**split, finetune_arms={"none": {"encoder.name": "impala_small"}})
+    assert set(named.values()) == {"impala_small"}
+
+
 def test_eval_shifts_are_distinct_levels_in_0_1():
     from vptr.experiment import ExperimentConfig
 
