@@ -265,6 +265,12 @@ def with_base_file(values: dict) -> dict:
     return {**flatten(load_toml(path)), **values}
 
 
+def pretrain_values(cfg: ExperimentConfig, arm: str) -> dict[str, Any]:
+    """A pretraining arm's run values: [pretrain], then [pretrain_arms.<arm>] (and the files
+    they name)."""
+    return with_base_file(_merge(cfg.pretrain, cfg.pretrain_arms.get(arm, {})))
+
+
 def finetune_values(cfg: ExperimentConfig, arm: str, agent: str,
                     phase2: bool = False) -> dict[str, Any]:
     """A fine-tuning cell's run values: [finetune], then [finetune_agents.<agent>], then
@@ -301,8 +307,7 @@ def pretrained_trunk(cfg: ExperimentConfig) -> str:
     for arm in cfg.pretrainings:
         if arm == "none" or arm in cfg.pretrain_only:
             continue
-        values = with_base_file(_merge(cfg.pretrain, cfg.pretrain_arms.get(arm, {})))
-        names[arm] = str(values.get("encoder", PretrainOptions.encoder))
+        names[arm] = str(pretrain_values(cfg, arm).get("encoder", PretrainOptions.encoder))
     if len(set(names.values())) > 1 and "none" in cfg.pretrainings and \
             "encoder.name" not in cfg.finetune_arms.get("none", {}):
         raise ConfigError(f"pretraining arms use different trunks ({names}): name the scratch "
@@ -334,7 +339,7 @@ def plan(cfg: ExperimentConfig, video: Path | None = Path("@video"),
     for arm in cfg.pretrainings:
         if arm == "none":
             continue
-        values = with_base_file(_merge(cfg.pretrain, cfg.pretrain_arms.get(arm, {})))
+        values = pretrain_values(cfg, arm)
         values.setdefault("objective", arm)
         for seed in cfg.seeds:
             cells.append(Cell(f"pretrain/{arm}/seed{seed}", "pretrain", arm, seed,
