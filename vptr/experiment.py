@@ -20,6 +20,7 @@ The grid file (TOML, ``--config``) names the arms and the shared settings::
     [finetune_arms.none]   # per pretraining arm ("none" trains its trunk unless told)
     [prior]            # optional: RobotDataConfig values of the prior data (V-PTR phases 2-3)
     prior_fraction = 0.9   # share of prior chunks in every phase-3 batch
+    prior_fraction_arms = {vip = 0.1}   # optional: an arm's own share, over prior_fraction
     [prior_finetune]   # FinetuneConfig values of the phase-2 runs (over [finetune])
 
 Cells: ``pretrain/<arm>/seed<k>`` (a ``vptr pretrain`` run) and
@@ -111,6 +112,9 @@ class ExperimentConfig:
                 "[robot]'s); empty = no V-PTR phases 2-3"})
     prior_fraction: float = helpfield(0.9, "share of prior chunks in every batch of the "
                                            "target fine-tuning (V-PTR: 0.9)")
+    prior_fraction_arms: dict = field(default_factory=dict, metadata={
+        "help": "TOML table: a pretraining arm's own share of prior chunks, over "
+                "prior_fraction (e.g. {vip = 0.1}); choose it on validation episodes"})
     prior_finetune: dict = field(default_factory=dict, metadata={
         "help": "TOML table: FinetuneConfig values of the phase-2 (prior data) runs, over "
                 "[finetune] and [finetune_agents]"})
@@ -167,6 +171,17 @@ class ExperimentConfig:
             raise ConfigError(f"finetune_agents: {sorted(unknown)} are not in agents")
         if not 0.0 < self.prior_fraction < 1.0:
             raise ConfigError(f"prior_fraction must be in (0, 1), got {self.prior_fraction}")
+        if not isinstance(self.prior_fraction_arms, dict):
+            raise ConfigError("prior_fraction_arms: expected a TOML table, e.g. {vip = 0.1}")
+        unknown = set(self.prior_fraction_arms) - set(self.pretrainings)
+        if unknown:
+            raise ConfigError(f"prior_fraction_arms: {sorted(unknown)} are not in pretrainings")
+        for arm, x in self.prior_fraction_arms.items():
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 < x < 1.0:
+                raise ConfigError(f"prior_fraction_arms.{arm} must be a number in (0, 1), "
+                                  f"got {x!r}")
+        if self.prior_fraction_arms and not self.prior:
+            raise ConfigError("prior_fraction_arms: needs a [prior] table (V-PTR's phases)")
         if self.prior_finetune and not self.prior:
             raise ConfigError("prior_finetune: configures phase 2, which needs a [prior] table")
         if self.prior:
@@ -296,6 +311,11 @@ def finetune_values(cfg: ExperimentConfig, arm: str, agent: str,
     return with_base_file(values)
 
 
+def prior_fraction(cfg: ExperimentConfig, arm: str) -> float:
+    """The share of prior chunks in an arm's target batches: its own, else the grid's."""
+    return float(cfg.prior_fraction_arms.get(arm, cfg.prior_fraction))
+
+
 def pretrained_trunk(cfg: ExperimentConfig) -> str:
     """The trunk architecture every fine-tuned pretraining arm shares ('' when the grid has
     none). The scratch arm trains the same architecture: a scratch baseline on another trunk
@@ -358,7 +378,7 @@ def plan(cfg: ExperimentConfig, video: Path | None = Path("@video"),
             values = finetune_values(cfg, arm, agent)
             if cfg.phases:
                 values = _merge(values, {"prior.data": [str(prior)],
-                                         "prior.fraction": cfg.prior_fraction})
+                                         "prior.fraction": prior_fraction(cfg, arm)})
             for seed in cfg.seeds:
                 needs = (f"prior/{arm}/{agent}/seed{seed}" if cfg.phases else
                          "" if arm == "none" else f"pretrain/{arm}/seed{seed}")
@@ -943,6 +963,7 @@ def markdown(cfg: ExperimentConfig, rows: list[dict], pooled: list[dict]) -> str
     prior_tasks = ", ".join(_as_tuple(cfg.prior.get("tasks", ())))
     phases = (f"V-PTR phases: multi-task offline RL on prior data ({prior_tasks}), then the "
               f"target with {100 * cfg.prior_fraction:g} % prior chunks per batch"
+              + "".join(f" ({arm}: {100 * x:g} %)" for arm, x in cfg.prior_fraction_arms.items())
               if cfg.phases else "Fine-tuned on the target demos from the pretrained trunk")
     shifts = (f" Visual shift 0 is the env's own appearance; {', '.join(map(shift_key, cfg.eval_shifts))}"
               " are the same test episodes rendered at that domain shift."

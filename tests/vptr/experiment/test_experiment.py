@@ -283,3 +283,33 @@ def test_cell_keys_do_not_depend_on_where_the_data_are(tmp_path):
     changed = {c.id: c.key for c in plan(other, Path("/a/video"), Path("/a/robot"), None)}
     assert changed["pretrain/icvf/seed0"] != here["pretrain/icvf/seed0"]  # other video
     assert changed["finetune/none/flowbc/seed0"] == here["finetune/none/flowbc/seed0"]
+
+
+def test_an_arm_can_have_its_own_share_of_prior_chunks_and_other_keys_stay():
+    from vptr.config import build_config, flatten
+    from vptr.experiment import ExperimentConfig, plan
+
+    base = dict(pretrainings=("none", "icvf", "vip"), agents=("flowbc",), seeds=(0,),
+                prior={"tasks": ["vptr/Reach-v0", "vptr/Push-v0"]}, prior_fraction=0.5)
+
+    def cells(**over):
+        return {c.id: c for c in plan(ExperimentConfig(**{**base, **over}), Path("video"),
+                                      Path("robot"), Path("prior"))}
+
+    before = cells()
+    after = cells(prior_fraction_arms={"vip": 0.1})
+    frac = {cid: c.config.get("prior.fraction") for cid, c in after.items()}
+    assert frac["finetune/vip/flowbc/seed0"] == 0.1
+    assert frac["finetune/icvf/flowbc/seed0"] == frac["finetune/none/flowbc/seed0"] == 0.5
+    assert "prior.fraction" not in after["prior/vip/flowbc/seed0"].config  # phase 2 unchanged
+    changed = {cid for cid in after if after[cid].key != before[cid].key}
+    assert changed == {"finetune/vip/flowbc/seed0"}  # recorded cells of the others stay valid
+    # from a TOML file (the CLI flattens tables into dotted keys)
+    flat = flatten({**base, "prior_fraction_arms": {"vip": 0.25}})
+    assert build_config(ExperimentConfig, flat).prior_fraction_arms == {"vip": 0.25}
+    for bad, what in (({"tcn": 0.1}, "not in pretrainings"), ({"vip": 1.0}, r"\(0, 1\)"),
+                      ({"vip": "low"}, r"\(0, 1\)")):
+        with pytest.raises(ConfigError, match=what):
+            ExperimentConfig(**{**base, "prior_fraction_arms": bad})
+    with pytest.raises(ConfigError, match=r"\[prior\]"):
+        ExperimentConfig(pretrainings=("none", "vip"), prior_fraction_arms={"vip": 0.1})
