@@ -151,7 +151,8 @@ class ExperimentConfig:
                 self.eval_shifts):
             raise ConfigError(f"eval_shifts: distinct levels in (0, 1], got {list(self.eval_shifts)}")
         for name in ("video", "robot", "pretrain", "pretrain_arms", "finetune", "finetune_agents",
-                     "finetune_arms", "prior", "prior_finetune", "value_sets"):
+                     "finetune_arms", "prior", "prior_finetune", "value_sets",
+                     "prior_fraction_arms"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name}: expected a TOML table")
         if not set(self.pretrain_only) <= set(self.pretrainings) - {"none"}:
@@ -171,8 +172,6 @@ class ExperimentConfig:
             raise ConfigError(f"finetune_agents: {sorted(unknown)} are not in agents")
         if not 0.0 < self.prior_fraction < 1.0:
             raise ConfigError(f"prior_fraction must be in (0, 1), got {self.prior_fraction}")
-        if not isinstance(self.prior_fraction_arms, dict):
-            raise ConfigError("prior_fraction_arms: expected a TOML table, e.g. {vip = 0.1}")
         unknown = set(self.prior_fraction_arms) - set(self.pretrainings)
         if unknown:
             raise ConfigError(f"prior_fraction_arms: {sorted(unknown)} are not in pretrainings")
